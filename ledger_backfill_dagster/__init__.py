@@ -1,0 +1,1 @@
+"""Backfill historical double-entry ledger data into PostgreSQL with Dagster."""

@@ -1,0 +1,192 @@
+"""Stage 4, Batch Processor + Ledger Posting Module: post each partition exactly once."""
+
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+
+import dagster as dg
+import psycopg
+
+from ledger_backfill_dagster.assets.common import GROUP, POOL, rows_table, stage
+from ledger_backfill_dagster.assets.validate import validated_entries
+from ledger_backfill_dagster.ledger.errors import PausedError, PostingError
+from ledger_backfill_dagster.ledger.posting import (
+    BatchStats,
+    PartitionPlan,
+    PostingOptions,
+    PostingOutcome,
+    pause_requested,
+    post_partition,
+)
+from ledger_backfill_dagster.partitions import daily_partitions
+from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase, redact
+from ledger_backfill_dagster.settings import BackfillSettings
+
+REJECTS_BY_PARTITION = """
+SELECT partition_key, count(*) FROM ledger_backfill_rejects
+ WHERE source_id = %s AND partition_key = ANY(%s) GROUP BY partition_key
+"""
+
+
+class _Progress:
+    """Per-batch progress in the run's log: counts, rate, batch and checkpoint time, ETA."""
+
+    def __init__(self, context: dg.AssetExecutionContext, total: int) -> None:
+        self.context = context
+        self.total = total
+        self.done = 0
+        self.started = time.perf_counter()
+        self.last_logged = 0.0
+
+    def __call__(self, outcome: PostingOutcome, batch: BatchStats) -> None:
+        self.done += batch.rows
+        now = time.perf_counter()
+        if now - self.last_logged < 2.0 and self.done < self.total:
+            return
+        self.last_logged = now
+        rate = self.done / max(now - self.started, 1e-9)
+        eta = (self.total - self.done) / rate if rate else 0.0
+        self.context.log.info(
+            f"{outcome.partition_key} batch {batch.batch}: {batch.rows} rows, {batch.posted} posted, "
+            f"{batch.duplicates} duplicates, {batch.conflicts} conflicts in {batch.seconds * 1000:.0f} ms "
+            f"(checkpoint {batch.checkpoint_seconds * 1000:.1f} ms) | run {self.done}/{self.total} "
+            f"at {rate:,.0f} entries/s, ETA {eta:,.0f} s"
+        )
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name=GROUP,
+    kinds={"postgres"},
+    deps=[validated_entries],
+    pool=POOL,
+    retry_policy=dg.RetryPolicy(
+        max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    ),
+)
+def posted_batches(
+    context: dg.AssetExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+) -> dg.MaterializeResult:
+    """Validated entries posted to the ledger, BATCH_SIZE per transaction.
+
+    Each batch posts set-based (entries, both balances, outbox rows) and advances its partition's
+    checkpoint in the same transaction. Re-running resumes after the last committed batch and
+    skips COMPLETED partitions (FORCE_REDO to redo). Identical repeats of a reference are skipped
+    as duplicates, changed ones held as conflicts; both are counted and queryable."""
+    s = stage(context, settings)
+    ledger_db.migrate()
+    run_started = datetime.now(UTC)
+    with ledger_db.connection() as conn:
+        rejected = dict(conn.execute(REJECTS_BY_PARTITION, (s.source.source_id, s.keys)).fetchall())
+    plans = []
+    for key in s.keys:
+        entries = s.store.read_frame(s.source.source_key, "validated", key)
+        plans.append(
+            PartitionPlan(
+                source_id=s.source.source_id,
+                source_type=s.source.source_type,
+                partition_key=key,
+                run_id=s.run_id,
+                entries=entries,
+                rejected=int(rejected.get(key, 0)),
+            )
+        )
+    options = PostingOptions(
+        batch_size=settings.batch_size,
+        skip_duplicates=settings.skip_duplicates,
+        validate_balances=settings.validate_balances,
+        checkpoint_interval=settings.checkpoint_interval,
+        max_retries=settings.max_retries,
+        retry_delay_ms=settings.retry_delay_ms,
+        force_redo=settings.force_redo,
+    )
+    progress = _Progress(context, sum(len(p.entries) for p in plans))
+    probe = pause_requested(run_started, s.source.source_id)
+
+    def post(plan: PartitionPlan) -> PostingOutcome:
+        return post_partition(ledger_db.connect, plan, options, probe, progress)
+
+    outcomes = _post_all(plans, post, settings.parallel_workers)
+    return dg.MaterializeResult(metadata=_metadata(outcomes))
+
+
+def _post_all(plans, post, workers: int) -> list[PostingOutcome]:
+    try:
+        if workers <= 1:
+            return [post(plan) for plan in plans]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") as pool:
+            futures = [pool.submit(post, plan) for plan in plans]
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in pending:
+                future.cancel()
+            return [f.result() for f in futures if not f.cancelled()]
+    except PausedError as exc:
+        raise dg.Failure(description=f"PAUSED: {exc}", allow_retries=False) from exc
+    except PostingError as exc:
+        raise dg.Failure(description=redact(str(exc)), allow_retries=False) from exc
+    except psycopg.Error as exc:
+        # Transient errors already retried MAX_RETRIES times per batch; the step's RetryPolicy
+        # tries once more from the checkpoint. The message is redacted: it may name the server.
+        raise dg.Failure(
+            description=f"database error: {redact(str(exc))}", allow_retries=True
+        ) from exc
+
+
+def _metadata(outcomes: list[PostingOutcome]) -> dict[str, dg.MetadataValue]:
+    total_rows = sum(sum(b.rows for b in o.batches) for o in outcomes)
+    seconds = sum(o.seconds for o in outcomes)
+    batches = [b for o in outcomes for b in o.batches]
+    return {
+        "dagster/row_count": dg.MetadataValue.int(
+            sum(o.posted + o.already_posted for o in outcomes)
+        ),
+        "posted": dg.MetadataValue.int(sum(o.posted for o in outcomes)),
+        "already_posted": dg.MetadataValue.int(sum(o.already_posted for o in outcomes)),
+        "duplicates": dg.MetadataValue.int(sum(o.duplicates for o in outcomes)),
+        "conflicts": dg.MetadataValue.int(sum(o.conflicts for o in outcomes)),
+        "rejected": dg.MetadataValue.int(sum(o.rejected for o in outcomes)),
+        "partitions_skipped_completed": dg.MetadataValue.int(sum(o.skipped for o in outcomes)),
+        "batches": dg.MetadataValue.int(len(batches)),
+        "entries_per_second": dg.MetadataValue.float(
+            round(total_rows / seconds, 1) if seconds else 0.0
+        ),
+        "mean_batch_ms": dg.MetadataValue.float(
+            round(1000 * sum(b.seconds for b in batches) / len(batches), 2) if batches else 0.0
+        ),
+        "mean_checkpoint_ms": dg.MetadataValue.float(
+            round(1000 * sum(b.checkpoint_seconds for b in batches) / len(batches), 3)
+            if batches
+            else 0.0
+        ),
+        "transient_retries": dg.MetadataValue.int(sum(o.retries for o in outcomes)),
+        "by_partition": rows_table(
+            [
+                {
+                    "partition": o.partition_key,
+                    "status": o.status,
+                    "skipped": o.skipped,
+                    "resumed_after_row": o.resumed_after,
+                    "posted": o.posted,
+                    "already_posted": o.already_posted,
+                    "duplicates": o.duplicates,
+                    "conflicts": o.conflicts,
+                    "rejected": o.rejected,
+                    "seconds": round(o.seconds, 3),
+                }
+                for o in outcomes[:500]
+            ],
+            [
+                "partition",
+                "status",
+                "skipped",
+                "resumed_after_row",
+                "posted",
+                "already_posted",
+                "duplicates",
+                "conflicts",
+                "rejected",
+                "seconds",
+            ],
+        ),
+    }

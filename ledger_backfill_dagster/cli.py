@@ -1,0 +1,173 @@
+"""`ledger-backfill`: generate data, migrate, watch, pause/resume and summarize backfills."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase, redact
+
+STATUS_SQL = """
+SELECT source_id, source_type, partition_key, status, total_to_process, total_processed,
+       total_successful, total_failed, total_duplicates, total_conflicts, total_rejected,
+       batches_committed, last_processed_id, started_at, last_checkpoint_at, completed_at,
+       NOW() - last_checkpoint_at AS time_since_last_checkpoint,
+       (status = 'IN_PROGRESS' AND last_checkpoint_at < NOW() - make_interval(secs => %(stall)s))
+           AS stalled,
+       error_message
+  FROM ledger_backfill_checkpoints
+ WHERE (%(source)s::TEXT IS NULL OR source_id = %(source)s)
+ ORDER BY source_id, partition_key
+"""
+
+
+def _database() -> LedgerDatabase:
+    import os
+
+    return LedgerDatabase(database_url=os.environ.get("DATABASE_URL") or None)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ledger_backfill_dagster.generate import generate
+
+    data = generate(
+        Path(args.out),
+        args.entries,
+        args.days,
+        args.accounts,
+        date.fromisoformat(args.start),
+        args.seed,
+    )
+    print(f"wrote {data.entries} entries over {data.days} days to {data.entries_file}")
+    print(f"wrote chart of accounts to {data.accounts_file}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    applied = _database().migrate()
+    print(f"applied migrations: {applied or 'none pending'}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    db = _database()
+    db.migrate()
+    with db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            STATUS_SQL, {"source": args.source, "stall": args.stall_seconds}
+        ).fetchall()
+    if args.json:
+        print(json.dumps(rows, default=str, indent=1))
+        return 0
+    if not rows:
+        print("no backfill checkpoints yet")
+        return 0
+    totals: dict[str, int] = {}
+    for r in rows:
+        totals[r["status"]] = totals.get(r["status"], 0) + 1
+        flag = "  STALLED" if r["stalled"] else ""
+        done = f"{r['total_processed']}/{r['total_to_process'] or 0}"
+        print(
+            f"{r['partition_key']}  {r['status']:<11} {done:>15} processed  "
+            f"{r['total_successful']} ok  {r['total_duplicates']} dup  {r['total_conflicts']} conflict  "
+            f"{r['total_rejected']} rejected  last checkpoint {r['last_checkpoint_at']:%Y-%m-%d %H:%M:%S}{flag}"
+        )
+        if r["error_message"]:
+            print(f"            {r['error_message']}")
+    print("partitions by status: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    return 1 if any(r["stalled"] for r in rows) and args.fail_on_stalled else 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    with _database().connection() as conn:
+        conn.execute(
+            "INSERT INTO ledger_backfill_pause_requests (source_id, requested_by) VALUES (%s, %s)"
+            " ON CONFLICT (source_id) DO UPDATE SET requested_at = now(), requested_by = EXCLUDED.requested_by",
+            (args.source or "*", "cli"),
+        )
+        conn.commit()
+    print(
+        f"pause requested for {args.source or 'all sources'}: running backfills stop after their current batch"
+    )
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    with _database().connection() as conn:
+        conn.execute(
+            "DELETE FROM ledger_backfill_pause_requests WHERE source_id = %s", (args.source or "*",)
+        )
+        conn.commit()
+    print("pause request cleared; re-materialize the partitions (UI: Materialize / re-execute, or")
+    print(
+        "dagster asset materialize ... --partition-range A...B) to resume after the last committed batch"
+    )
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Reconcile the ledger for a source's partitions and print the report (used by make demo)."""
+    from ledger_backfill_dagster.assets.reconcile import build_reconciliation
+    from ledger_backfill_dagster.reports import summary_markdown
+    from ledger_backfill_dagster.settings import BackfillSettings
+    from ledger_backfill_dagster.sources.registry import make_source
+    from ledger_backfill_dagster.stages import StageStore
+
+    source = make_source(BackfillSettings.from_env())
+    store = StageStore.default()
+    folder = store.root / source.source_key / "extracted"
+    keys = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+    report = build_reconciliation(_database(), store, source.source_id, source.source_key, keys)
+    print(summary_markdown(report))
+    return 0 if report.reconciles else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ledger-backfill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write a deterministic canonical CSV and chart of accounts")
+    g.add_argument("--out", default="data")
+    g.add_argument("--entries", type=int, default=10_000)
+    g.add_argument("--days", type=int, default=31)
+    g.add_argument("--accounts", type=int, default=50)
+    g.add_argument("--start", default="2024-01-01")
+    g.add_argument("--seed", type=int, default=42)
+    g.set_defaults(func=cmd_generate)
+
+    sub.add_parser("migrate", help="apply pending schema migrations").set_defaults(func=cmd_migrate)
+
+    s = sub.add_parser("status", help="backfill progress, stalled and completed partitions")
+    s.add_argument("--source", default=None)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--stall-seconds", type=int, default=3600)
+    s.add_argument("--fail-on-stalled", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("pause", help="ask running backfills to stop after their current batch")
+    p.add_argument("--source", default=None, help="source id (default: all sources)")
+    p.set_defaults(func=cmd_pause)
+    r = sub.add_parser("resume", help="clear a pause request")
+    r.add_argument("--source", default=None)
+    r.set_defaults(func=cmd_resume)
+
+    sub.add_parser(
+        "summary", help="print the reconciliation of the configured source"
+    ).set_defaults(func=cmd_summary)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except psycopg.Error as exc:
+        print(f"database error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The ledger entry contract: the seed's `LedgerEntrySource`, as one Pandera DataFrameModel.
+
+Every rule a transformed row must meet before it may be posted is stated here, each as a named,
+vectorized check, so lazy validation gives every failing row every reason it fails. The
+transformation stage fills the helper columns the cross-field rules read (the accounts'
+currencies, the credit amount, the metadata verdict); it never decides validity itself.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from ledger_backfill_dagster.currencies import minor_units_table, places
+
+ASSET_TYPES = ("fiat", "cbdc", "commodity", "security")
+PLAIN_DECIMAL = r"\d+(?:\.\d+)?"
+ZERO = r"0+(?:\.0+)?"
+MAX_INTEGER_DIGITS = 24
+TEXT_FIELDS = (
+    "ledger_id",
+    "debit_account_id",
+    "credit_account_id",
+    "asset_type",
+    "transaction_type",
+    "reference_id",
+    "currency_code",
+)
+
+StringSeries = Series[pd.StringDtype]
+
+
+def _flag(values: pd.Series) -> pd.Series:
+    """Checks must answer True/False for every row; a missing value never passes."""
+    return values.fillna(False).astype(bool)
+
+
+def _plain_positive(text: pd.Series) -> pd.Series:
+    return _flag(text.str.fullmatch(PLAIN_DECIMAL) & ~text.str.fullmatch(ZERO))
+
+
+def _fraction_digits(text: pd.Series) -> pd.Series:
+    return text.str.partition(".")[2].str.len().fillna(0).astype("int64")
+
+
+class LedgerEntrySource(pa.DataFrameModel):
+    """One row per ledger entry, ready to post."""
+
+    source_row_id: Series[pd.Int64Dtype] = pa.Field(nullable=False)
+    ledger_id: StringSeries
+    debit_account_id: StringSeries
+    credit_account_id: StringSeries
+    amount: StringSeries
+    currency_code: StringSeries
+    asset_type: StringSeries
+    transaction_type: StringSeries
+    reference_id: StringSeries
+    timestamp_utc: Series[pd.DatetimeTZDtype] = pa.Field(
+        nullable=False, dtype_kwargs={"unit": "us", "tz": "UTC"}
+    )
+    fx_rate: StringSeries = pa.Field(nullable=True)
+    metadata: StringSeries = pa.Field(nullable=True)
+    # Helper columns filled by the transformation stage.
+    debit_account_currency: StringSeries = pa.Field(nullable=True)
+    credit_account_currency: StringSeries = pa.Field(nullable=True)
+    credit_amount: StringSeries = pa.Field(nullable=True)
+    metadata_problem: StringSeries = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
+        coerce = False
+
+    @pa.check("ledger_id", name="ledgerId: empty")
+    def ledger_id_present(cls, s: pd.Series) -> pd.Series:
+        return _flag(s.str.len() > 0)
+
+    @pa.check("debit_account_id", name="debitAccountId: empty")
+    def debit_present(cls, s: pd.Series) -> pd.Series:
+        return _flag(s.str.len() > 0)
+
+    @pa.check("credit_account_id", name="creditAccountId: empty")
+    def credit_present(cls, s: pd.Series) -> pd.Series:
+        return _flag(s.str.len() > 0)
+
+    @pa.check("transaction_type", name="transactionType: empty")
+    def transaction_type_present(cls, s: pd.Series) -> pd.Series:
+        return _flag(s.str.len() > 0)
+
+    @pa.check("reference_id", name="referenceId: empty")
+    def reference_present(cls, s: pd.Series) -> pd.Series:
+        return _flag(s.str.len() > 0)
+
+    @pa.check("asset_type", name=f"assetType: not one of {', '.join(ASSET_TYPES)}")
+    def asset_type_known(cls, s: pd.Series) -> pd.Series:
+        return _flag(s.isin(ASSET_TYPES))
+
+    @pa.check("amount", name="amount: not a plain decimal greater than zero")
+    def amount_plain_positive(cls, s: pd.Series) -> pd.Series:
+        return _plain_positive(s)
+
+    @pa.check("amount", name=f"amount: more than {MAX_INTEGER_DIGITS} digits before the point")
+    def amount_not_huge(cls, s: pd.Series) -> pd.Series:
+        return _flag(s.str.partition(".")[0].str.len() <= MAX_INTEGER_DIGITS)
+
+    @pa.check("currency_code", name="currencyCode: not an ISO 4217 code")
+    def currency_known(cls, s: pd.Series) -> pd.Series:
+        return _flag(s.isin(list(minor_units_table())))
+
+    @pa.check("fx_rate", name="fxRate: not a plain decimal greater than zero")
+    def fx_rate_plain_positive(cls, s: pd.Series) -> pd.Series:
+        return s.isna() | _plain_positive(s)
+
+    @pa.check("metadata_problem", name="metadata: not a JSON object")
+    def metadata_is_object(cls, s: pd.Series) -> pd.Series:
+        return s.isna()
+
+    @pa.dataframe_check(name="amount: more fractional digits than the currency's minor units")
+    def amount_within_minor_units(cls, df: pd.DataFrame) -> pd.Series:
+        allowed = df["currency_code"].map(places, na_action="ignore")
+        known = allowed.notna() & _plain_positive(df["amount"])
+        return ~known | _flag(_fraction_digits(df["amount"]) <= allowed.fillna(0))
+
+    @pa.dataframe_check(name="debitAccountId: no such account")
+    def debit_account_exists(cls, df: pd.DataFrame) -> pd.Series:
+        return (df["debit_account_id"].fillna("") == "") | df["debit_account_currency"].notna()
+
+    @pa.dataframe_check(name="creditAccountId: no such account")
+    def credit_account_exists(cls, df: pd.DataFrame) -> pd.Series:
+        return (df["credit_account_id"].fillna("") == "") | df["credit_account_currency"].notna()
+
+    @pa.dataframe_check(name="debitAccountId and creditAccountId are the same account")
+    def accounts_differ(cls, df: pd.DataFrame) -> pd.Series:
+        return _flag(df["debit_account_id"] != df["credit_account_id"])
+
+    @pa.dataframe_check(name="currencyCode: differs from the debit account's currency")
+    def currency_matches_debit_account(cls, df: pd.DataFrame) -> pd.Series:
+        known = df["debit_account_currency"].notna()
+        return ~known | _flag(df["currency_code"] == df["debit_account_currency"])
+
+    @pa.dataframe_check(name="fxRate: required, the credit account is in another currency")
+    def fx_rate_when_crossing(cls, df: pd.DataFrame) -> pd.Series:
+        crossing = _flag(df["credit_account_currency"] != df["currency_code"])
+        return ~crossing | df["fx_rate"].notna()
+
+    @pa.dataframe_check(name="fxRate: given, but both accounts are in the same currency")
+    def fx_rate_only_when_crossing(cls, df: pd.DataFrame) -> pd.Series:
+        same = _flag(df["credit_account_currency"] == df["currency_code"])
+        unit_rate = _flag(df["fx_rate"].str.fullmatch(r"0*1(?:\.0*)?"))
+        return ~same | df["fx_rate"].isna() | unit_rate
+
+    @pa.dataframe_check(name="text fields: contain a NUL character")
+    def no_nul_characters(cls, df: pd.DataFrame) -> pd.Series:
+        ok = pd.Series(True, index=df.index)
+        for column in (*TEXT_FIELDS, "amount", "fx_rate", "metadata"):
+            ok &= ~_flag(df[column].str.contains("\x00", regex=False))
+        return ok
+
+    @pa.dataframe_check(name="creditAmount: converts to zero in the credit currency")
+    def credit_amount_positive(cls, df: pd.DataFrame) -> pd.Series:
+        computed = df["credit_amount"]
+        return computed.isna() | _flag(~computed.str.fullmatch(ZERO))

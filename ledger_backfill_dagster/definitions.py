@@ -1,0 +1,40 @@
+"""The code location: one Definitions with every asset, job and resource."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from ledger_backfill_dagster.assets.extract import extracted_source
+from ledger_backfill_dagster.assets.post import posted_batches
+from ledger_backfill_dagster.assets.reconcile import reconciliation_report
+from ledger_backfill_dagster.assets.transform import transformed_entries
+from ledger_backfill_dagster.assets.validate import validated_entries
+from ledger_backfill_dagster.jobs import ledger_backfill_job
+from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster.settings import BackfillSettings
+
+
+def ledger_database() -> LedgerDatabase:
+    # The URL stays an EnvVar reference: Dagster resolves it in the run and never stores or shows
+    # its value. Only whether it is set is read here, to fall back to the embedded server.
+    if os.environ.get("DATABASE_URL"):
+        return LedgerDatabase(database_url=dg.EnvVar("DATABASE_URL"))
+    return LedgerDatabase()
+
+
+defs = dg.Definitions(
+    assets=[
+        extracted_source,
+        transformed_entries,
+        validated_entries,
+        posted_batches,
+        reconciliation_report,
+    ],
+    jobs=[ledger_backfill_job],
+    resources={"settings": BackfillSettings.from_env(), "ledger_db": ledger_database()},
+    # Stages of one run run in order in one process: no per-step process start-up, and
+    # partitions run in parallel through PARALLEL_WORKERS or concurrent runs instead.
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,1 @@
+"""The ledger side: migrations, posting, checkpoints, reconciliation, rollback."""

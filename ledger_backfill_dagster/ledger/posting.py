@@ -1,0 +1,439 @@
+"""The Batch Processor and Ledger Posting Module: post one partition, batch by batch.
+
+Each batch is one transaction that COPYs the entries into a temporary stage, locks every account
+it touches in ascending id order, posts set-based (entries, both balances, outbox rows), names the
+outcome of every row it did not post (duplicate, conflict, or already posted by this very source
+row), and advances the checkpoint. Either all of that commits or none of it does, so a crash at any
+moment loses at most the batch in flight and a re-run resumes after the last committed batch.
+
+Transient database errors (lost connection, restart, serialization failure, deadlock) retry the
+batch with exponential backoff (tenacity); permanent ones fail at once, naming the rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from psycopg import errors as pgerrors
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from ledger_backfill_dagster.ledger import checkpoints
+from ledger_backfill_dagster.ledger.errors import (
+    BalanceDriftError,
+    DuplicateEntriesError,
+    InvariantError,
+    PartitionBusyError,
+    PausedError,
+    UnknownAccountsError,
+)
+from ledger_backfill_dagster.sql_files import query
+from ledger_backfill_dagster.validation import POSTABLE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "57P01",  # admin_shutdown (server restart)
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now (starting up)
+    "08000",
+    "08003",
+    "08006",
+    "08001",
+    "08004",  # connection exceptions
+    "53300",  # too_many_connections
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        return sqlstate is None or sqlstate in TRANSIENT_SQLSTATES
+    if isinstance(exc, pgerrors.SerializationFailure | pgerrors.DeadlockDetected):
+        return True
+    return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
+@dataclass(frozen=True)
+class PostingOptions:
+    batch_size: int = 1000
+    skip_duplicates: bool = True
+    validate_balances: bool = True
+    checkpoint_interval: int = 10
+    max_retries: int = 3
+    retry_delay_ms: int = 1000
+    force_redo: bool = False
+
+
+@dataclass
+class PartitionPlan:
+    source_id: str
+    source_type: str
+    partition_key: str
+    run_id: str
+    entries: pd.DataFrame  # validated entries (validation.POSTABLE_COLUMNS)
+    rejected: int = 0
+
+    @property
+    def digest(self) -> str:
+        """Identifies the work: which source rows, with which content, make up this partition."""
+        ids = self.entries["source_row_id"].astype("int64").to_numpy()
+        content = pd.util.hash_pandas_object(self.entries, index=False).to_numpy()
+        return hashlib.sha256(ids.tobytes() + content.tobytes()).hexdigest()[:32]
+
+
+@dataclass
+class BatchStats:
+    batch: int
+    rows: int
+    posted: int
+    duplicates: int
+    conflicts: int
+    seconds: float
+    checkpoint_seconds: float
+
+
+@dataclass
+class PostingOutcome:
+    source_id: str
+    partition_key: str
+    status: str
+    skipped: bool = False
+    to_process: int = 0
+    resumed_after: int | None = None
+    posted: int = 0
+    already_posted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    batches: list[BatchStats] = field(default_factory=list)
+    seconds: float = 0.0
+    retries: int = 0
+    touched_accounts: set[str] = field(default_factory=set)
+
+    @property
+    def entries_per_second(self) -> float:
+        rows = sum(b.rows for b in self.batches)
+        return rows / self.seconds if self.seconds > 0 else 0.0
+
+
+PauseProbe = Callable[[psycopg.Connection], bool]
+ProgressHook = Callable[[PostingOutcome, BatchStats], None]
+
+
+def pause_requested(run_started: datetime, source_id: str) -> PauseProbe:
+    def probe(conn: psycopg.Connection) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM ledger_backfill_pause_requests"
+            " WHERE source_id IN (%s, '*') AND requested_at >= %s LIMIT 1",
+            (source_id, run_started),
+        ).fetchone()
+        return row is not None
+
+    return probe
+
+
+class PartitionPoster:
+    """Posts one partition's plan; owns one connection and the partition's advisory lock."""
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection],
+        plan: PartitionPlan,
+        options: PostingOptions,
+        pause_probe: PauseProbe | None = None,
+        on_batch: ProgressHook | None = None,
+    ) -> None:
+        self.connect = connect
+        self.plan = plan
+        self.options = options
+        self.pause_probe = pause_probe
+        self.on_batch = on_batch
+        self.conn: psycopg.Connection | None = None
+        self.outcome = PostingOutcome(plan.source_id, plan.partition_key, status="IN_PROGRESS")
+        self.checkpoint: checkpoints.Checkpoint | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+    def _lock_key(self) -> str:
+        return f"ledger_backfill:{self.plan.source_type}:{self.plan.source_id}:{self.plan.partition_key}"
+
+    def _ensure_connection(self) -> psycopg.Connection:
+        if self.conn is not None and not self.conn.closed and not self.conn.broken:
+            return self.conn
+        self._close()
+        conn = self.connect()
+        locked = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self._lock_key(),)
+        ).fetchone()
+        conn.commit()
+        if not locked or not locked[0]:
+            conn.close()
+            raise PartitionBusyError(self.plan.source_id, self.plan.partition_key)
+        conn.execute(query("create_post_stage"))
+        conn.commit()
+        self.conn = conn
+        return conn
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+    def _retrying(self) -> Retrying:
+        def count(state: RetryCallState) -> None:
+            self.outcome.retries += 1
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "partition %s: transient database error, retry %d of %d: %s",
+                self.plan.partition_key,
+                state.attempt_number,
+                self.options.max_retries,
+                type(exc).__name__,
+            )
+            self._close()
+
+        delay = self.options.retry_delay_ms / 1000
+        return Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.options.max_retries + 1),
+            wait=wait_exponential_jitter(initial=delay, max=max(delay * 16, 1), jitter=delay / 2),
+            before_sleep=count,
+            reraise=True,
+        )
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> PostingOutcome:
+        started = time.perf_counter()
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self._open()
+            if self.outcome.skipped:
+                return self.outcome
+            for number, batch in enumerate(self._pending_batches(), start=1):
+                for attempt in self._retrying():
+                    with attempt:
+                        self._post_batch(number, batch)
+                self._after_batch(number)
+            self._complete()
+        except PausedError as exc:
+            self._finish(checkpoints.PAUSED, str(exc))
+            raise
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) or type(exc).__name__.endswith(
+                "InterruptedError"
+            ):
+                self._finish(checkpoints.PAUSED, "interrupted; re-run the partition to resume")
+            elif not isinstance(exc, PartitionBusyError):
+                self._finish(checkpoints.FAILED, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.outcome.seconds = time.perf_counter() - started
+            self._close()
+        return self.outcome
+
+    def _open(self) -> None:
+        conn = self._ensure_connection()
+        checkpoint, skip = checkpoints.open_checkpoint(
+            conn,
+            source_id=self.plan.source_id,
+            source_type=self.plan.source_type,
+            partition_key=self.plan.partition_key,
+            run_id=self.plan.run_id,
+            plan_digest=self.plan.digest,
+            to_process=len(self.plan.entries),
+            rejected=self.plan.rejected,
+            force_redo=self.options.force_redo,
+        )
+        self.checkpoint = checkpoint
+        self.outcome.rejected = self.plan.rejected
+        self.outcome.to_process = len(self.plan.entries)
+        self.outcome.resumed_after = checkpoint.last_processed_id
+        if skip:
+            self.outcome.skipped = True
+            self.outcome.status = checkpoints.COMPLETED
+
+    def _pending_batches(self) -> list[pd.DataFrame]:
+        entries = self.plan.entries
+        last = self.checkpoint.last_processed_id if self.checkpoint else None
+        if last is not None:
+            entries = entries.loc[entries["source_row_id"] > last]
+        size = self.options.batch_size
+        return [entries.iloc[i : i + size] for i in range(0, len(entries), size)]
+
+    def _post_batch(self, number: int, batch: pd.DataFrame) -> None:
+        conn = self._ensure_connection()
+        assert self.checkpoint is not None
+        t0 = time.perf_counter()
+        params = {
+            "source_id": self.plan.source_id,
+            "source_type": self.plan.source_type,
+            "partition_key": self.plan.partition_key,
+            "run_id": self.plan.run_id,
+        }
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(
+                "COPY post_stage (" + ", ".join(POSTABLE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
+            ) as copy:
+                copy.write(_csv_bytes(batch))
+            locked = {row[0] for row in cur.execute(query("lock_batch_accounts")).fetchall()}
+            wanted = set(batch["debit_account_id"]) | set(batch["credit_account_id"])
+            if missing := sorted(wanted - locked):
+                raise UnknownAccountsError(self.plan.partition_key, missing)
+            posted, expected, moved, outbox, marked = cur.execute(
+                query("post_batch"), params
+            ).fetchone()
+            if not (expected == moved and posted == outbox == marked):
+                raise InvariantError(
+                    f"batch {number}: posted {posted}, outbox {outbox}, marked {marked}, "
+                    f"balances moved {moved} of {expected}"
+                )
+            outcomes = cur.execute(query("classify_unposted"), params).fetchall()
+            duplicates = [o for o in outcomes if o[5] == "DUPLICATE"]
+            conflicts = [o for o in outcomes if o[5] == "CONFLICT"]
+            already = sum(1 for o in outcomes if o[5] == "ALREADY_POSTED")
+            unmatched = [
+                o
+                for o in outcomes
+                if o[5] not in {"DUPLICATE", "CONFLICT", "ALREADY_POSTED"} or o[4] is None
+            ]
+            if unmatched or posted + len(outcomes) != len(batch):
+                raise InvariantError(
+                    f"batch {number}: {len(batch)} rows staged, {posted} posted, "
+                    f"{len(outcomes)} classified, {len(unmatched)} unmatched"
+                )
+            if duplicates and not self.options.skip_duplicates:
+                raise DuplicateEntriesError(
+                    self.plan.partition_key, [(o[2], o[3], o[1]) for o in duplicates]
+                )
+            if duplicates:
+                cur.execute(
+                    query("record_duplicates"),
+                    {**params, "source_row_ids": [o[0] for o in duplicates]},
+                )
+            if conflicts:
+                cur.execute(
+                    query("record_conflicts"),
+                    {**params, "source_row_ids": [o[0] for o in conflicts]},
+                )
+            t1 = time.perf_counter()
+            cur.execute(
+                checkpoints.ADVANCE,
+                {
+                    "id": self.checkpoint.id,
+                    "last_id": str(int(batch["source_row_id"].iloc[-1])),
+                    "last_ts": batch["timestamp_utc"].max().tz_convert(None).to_pydatetime(),
+                    "processed": len(batch),
+                    "successful": posted + already,
+                    "duplicates": len(duplicates),
+                    "conflicts": len(conflicts),
+                },
+            )
+        t2 = time.perf_counter()
+        stats = BatchStats(
+            number, len(batch), posted + already, len(duplicates), len(conflicts), t2 - t0, t2 - t1
+        )
+        self.outcome.posted += posted
+        self.outcome.already_posted += already
+        self.outcome.duplicates += len(duplicates)
+        self.outcome.conflicts += len(conflicts)
+        self.outcome.batches.append(stats)
+        self.outcome.touched_accounts |= wanted
+        if self.on_batch:
+            self.on_batch(self.outcome, stats)
+
+    def _after_batch(self, number: int) -> None:
+        conn = self._ensure_connection()
+        if self.options.validate_balances and number % self.options.checkpoint_interval == 0:
+            self._check_balances(conn)
+        if self.pause_probe is not None:
+            paused = self.pause_probe(conn)
+            conn.commit()
+            if paused:
+                raise PausedError(
+                    f"partition {self.plan.partition_key}: paused on request after batch {number}; "
+                    "re-run the partition to resume"
+                )
+
+    def _check_balances(self, conn: psycopg.Connection) -> None:
+        if not self.outcome.touched_accounts:
+            return
+        drift = conn.execute(
+            query("touched_balance_drift"), {"account_ids": sorted(self.outcome.touched_accounts)}
+        ).fetchall()
+        conn.commit()
+        if drift:
+            raise BalanceDriftError(
+                self.plan.partition_key, [(r[0], str(r[1]), str(r[2])) for r in drift]
+            )
+
+    def _complete(self) -> None:
+        for attempt in self._retrying():
+            with attempt:
+                conn = self._ensure_connection()
+                if self.options.validate_balances:
+                    self._check_balances(conn)
+                assert self.checkpoint is not None
+                checkpoints.finish(
+                    conn, self.checkpoint.id, checkpoints.COMPLETED, metadata=self._summary()
+                )
+        self.outcome.status = checkpoints.COMPLETED
+
+    def _summary(self) -> dict:
+        o = self.outcome
+        return {
+            "last_run_posted": o.posted,
+            "last_run_already_posted": o.already_posted,
+            "last_run_duplicates": o.duplicates,
+            "last_run_conflicts": o.conflicts,
+            "last_run_batches": len(o.batches),
+        }
+
+    def _finish(self, status: str, message: str) -> None:
+        self.outcome.status = status
+        if self.checkpoint is None:
+            return
+        self._close()
+        try:
+            with self.connect() as conn:
+                checkpoints.finish(conn, self.checkpoint.id, status, message, self._summary())
+        except psycopg.Error:
+            log.exception("could not record checkpoint status %s", status)
+
+
+def _csv_bytes(batch: pd.DataFrame) -> bytes:
+    """The batch as CSV for COPY: strings always quoted, so "" stays an empty string and an
+    unquoted empty field is NULL."""
+    table = pa.Table.from_pandas(batch[POSTABLE_COLUMNS], preserve_index=False)
+    buffer = io.BytesIO()
+    pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+    return buffer.getvalue()
+
+
+def post_partition(
+    connect: Callable[[], psycopg.Connection],
+    plan: PartitionPlan,
+    options: PostingOptions,
+    pause_probe: PauseProbe | None = None,
+    on_batch: ProgressHook | None = None,
+) -> PostingOutcome:
+    return PartitionPoster(connect, plan, options, pause_probe, on_batch).run()

@@ -1,0 +1,175 @@
+"""Audit & Verification (the seed's step 6): the figures that prove a backfill reconciles.
+
+Every figure is computed from the ledger itself, never from the pipeline's own counters, so a
+report can be re-run at any time and catches what the pipeline did not (a nudged balance, a
+deleted entry, a missing outbox row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import psycopg
+from psycopg.rows import dict_row
+
+from ledger_backfill_dagster.sql_files import query
+
+
+@dataclass
+class PartitionAccount:
+    partition_key: str
+    read: int
+    posted: int
+    duplicates: int
+    conflicts: int
+    rejected: int
+    checkpoint_status: str | None
+
+    @property
+    def unaccounted(self) -> int:
+        return self.read - (self.posted + self.duplicates + self.conflicts + self.rejected)
+
+
+@dataclass
+class ControlTotal:
+    currency: str
+    source_count: int
+    source_sum: Decimal
+    ledger_count: int
+    ledger_sum: Decimal
+    held_count: int
+    held_sum: Decimal
+
+    @property
+    def matches(self) -> bool:
+        return (
+            self.source_count == self.ledger_count + self.held_count
+            and self.source_sum == self.ledger_sum + self.held_sum
+        )
+
+
+@dataclass
+class Reconciliation:
+    source_id: str
+    partitions: list[PartitionAccount]
+    unpartitioned_rejects: int
+    entry_verification: dict
+    balance_drift: list[dict]
+    currency_totals: list[dict]
+    balances_by_currency: list[dict]
+    outbox_status: list[dict]
+    duplicate_references: list[dict]
+    control_totals: list[ControlTotal] = field(default_factory=list)
+
+    @property
+    def rows_read(self) -> int:
+        return sum(p.read for p in self.partitions) + self.unpartitioned_rejects
+
+    def total(self, attribute: str) -> int:
+        return sum(getattr(p, attribute) for p in self.partitions)
+
+    @property
+    def missing_outbox(self) -> int:
+        return sum(r["count"] for r in self.outbox_status if r["status"] == "MISSING")
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        unaccounted = [p for p in self.partitions if p.unaccounted]
+        if unaccounted:
+            found.append(
+                "rows unaccounted for in "
+                + ", ".join(f"{p.partition_key} ({p.unaccounted:+d})" for p in unaccounted[:10])
+            )
+        if self.balance_drift:
+            found.append(f"{len(self.balance_drift)} account balance(s) differ from their entries")
+        if not all(r["balanced"] for r in self.currency_totals):
+            found.append("debits and credits differ for a ledger and currency")
+        if not all(r["consistent"] for r in self.balances_by_currency):
+            found.append("stored balances per currency differ from the entries")
+        if self.duplicate_references:
+            found.append("duplicate (ledger_id, reference_id) in ledger_entries")
+        if self.missing_outbox:
+            found.append(f"{self.missing_outbox} posted entries have no outbox row")
+        if not all(t.matches for t in self.control_totals):
+            found.append("source control totals differ from ledger + held rows")
+        return found
+
+    @property
+    def reconciles(self) -> bool:
+        return not self.problems
+
+
+def reconcile(
+    conn: psycopg.Connection,
+    source_id: str,
+    rows_read: dict[str, int],
+    unpartitioned_rejects: int,
+    source_totals: dict[str, tuple[int, Decimal]] | None = None,
+    held_totals: dict[str, tuple[int, Decimal]] | None = None,
+) -> Reconciliation:
+    keys = sorted(rows_read)
+    params = {"source_id": source_id, "partition_keys": keys}
+    with conn.cursor(row_factory=dict_row) as cur:
+        partitions = [
+            PartitionAccount(read=rows_read[r["partition_key"]], **r)
+            for r in cur.execute(query("partition_accounting"), params).fetchall()
+        ]
+        verification = cur.execute(query("entry_verification"), params).fetchone() or {}
+        drift = cur.execute(query("balance_drift")).fetchall()
+        currency_totals = cur.execute(query("currency_totals")).fetchall()
+        by_currency = cur.execute(query("balances_by_currency")).fetchall()
+        outbox = cur.execute(query("outbox_status"), params).fetchall()
+        duplicates = cur.execute(query("duplicate_references")).fetchall()
+        ledger_totals = {
+            r["currency_code"]: (r["entries"], r["total"])
+            for r in cur.execute(query("ledger_control_totals"), params).fetchall()
+        }
+    controls = []
+    if source_totals is not None:
+        held_totals = held_totals or {}
+        for currency in sorted(set(source_totals) | set(ledger_totals) | set(held_totals)):
+            s_count, s_sum = source_totals.get(currency, (0, Decimal(0)))
+            l_count, l_sum = ledger_totals.get(currency, (0, Decimal(0)))
+            h_count, h_sum = held_totals.get(currency, (0, Decimal(0)))
+            controls.append(ControlTotal(currency, s_count, s_sum, l_count, l_sum, h_count, h_sum))
+    return Reconciliation(
+        source_id=source_id,
+        partitions=partitions,
+        unpartitioned_rejects=unpartitioned_rejects,
+        entry_verification=verification,
+        balance_drift=drift,
+        currency_totals=currency_totals,
+        balances_by_currency=by_currency,
+        outbox_status=outbox,
+        duplicate_references=duplicates,
+        control_totals=controls,
+    )
+
+
+HELD_TOTALS = """
+SELECT e.currency_code, count(*), sum(e.amount)
+  FROM (SELECT source_row_id, existing_entry_id FROM ledger_backfill_duplicates
+         WHERE source_id = %(source_id)s AND partition_key = ANY(%(partition_keys)s)
+        UNION ALL
+        SELECT source_row_id, NULL FROM ledger_backfill_conflicts
+         WHERE source_id = %(source_id)s AND partition_key = ANY(%(partition_keys)s)) held
+  JOIN LATERAL (SELECT (incoming_entry ->> 'currency_code') AS currency_code,
+                       (incoming_entry ->> 'amount')::NUMERIC AS amount
+                  FROM ledger_backfill_conflicts c
+                 WHERE held.existing_entry_id IS NULL AND c.source_id = %(source_id)s
+                   AND c.source_row_id = held.source_row_id
+                UNION ALL
+                SELECT x.currency_code, x.amount FROM ledger_entries x
+                 WHERE x.id = held.existing_entry_id) e ON TRUE
+ GROUP BY e.currency_code
+"""
+
+
+def held_totals(
+    conn: psycopg.Connection, source_id: str, keys: list[str]
+) -> dict[str, tuple[int, Decimal]]:
+    """Count and sum per currency of the valid rows that were not posted (duplicates, conflicts)."""
+    rows = conn.execute(HELD_TOTALS, {"source_id": source_id, "partition_keys": keys}).fetchall()
+    return {currency: (count, total) for currency, count, total in rows}

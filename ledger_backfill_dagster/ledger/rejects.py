@@ -1,0 +1,93 @@
+"""Quarantine: every rejected source row, with its position, raw content and reasons."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import psycopg
+
+from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+
+REPLACE_STAGE = """
+DELETE FROM ledger_backfill_rejects
+ WHERE source_id = %(source_id)s AND stage = %(stage)s
+   AND partition_key IS NOT DISTINCT FROM %(partition_key)s
+"""
+INSERT_REJECT = """
+INSERT INTO ledger_backfill_rejects (
+    source_id, source_type, partition_key, source_row_id, source_file, line_number, stage,
+    raw_text, raw_row, reasons, run_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (source_id, source_row_id) DO UPDATE
+   SET partition_key = EXCLUDED.partition_key, stage = EXCLUDED.stage,
+       raw_text = EXCLUDED.raw_text, raw_row = EXCLUDED.raw_row, reasons = EXCLUDED.reasons,
+       run_id = EXCLUDED.run_id, rejected_at = now()
+"""
+
+
+def raw_rows(staged: pd.DataFrame, source_row_ids: pd.Series) -> pd.DataFrame:
+    """The staged (untransformed) values of the given rows, as JSON objects."""
+    rows = staged.loc[staged["source_row_id"].isin(source_row_ids)]
+    documents = []
+    for record in rows[["source_row_id", *CANONICAL_FIELDS, "extra_columns"]].itertuples(
+        index=False
+    ):
+        values = dict(zip(CANONICAL_FIELDS, record[1:-1], strict=True))
+        document = {k: (None if v is pd.NA else v) for k, v in values.items()}
+        if record[-1] is not pd.NA and record[-1] is not None:
+            document.update(json.loads(record[-1]))
+        documents.append(json.dumps(document, ensure_ascii=False))
+    return pd.DataFrame(
+        {
+            "source_row_id": rows["source_row_id"].to_numpy(),
+            "source_file": rows["source_file"].to_numpy(),
+            "line_number": rows["line_number"].to_numpy(),
+            "raw_row": documents,
+        }
+    )
+
+
+def replace_rejects(
+    conn: psycopg.Connection,
+    *,
+    source_id: str,
+    source_type: str,
+    partition_key: str | None,
+    stage: str,
+    rejects: pd.DataFrame,
+    run_id: str | None,
+) -> int:
+    """Make the stored rejects of (source, partition, stage) exactly `rejects`, atomically, so a
+    re-run after a fix leaves no stale reject behind and a repeated run records each row once."""
+    params = {"source_id": source_id, "stage": stage, "partition_key": partition_key}
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(REPLACE_STAGE, params)
+        cur.executemany(
+            INSERT_REJECT,
+            [
+                (
+                    source_id,
+                    source_type,
+                    partition_key,
+                    int(row.source_row_id),
+                    _none(row.source_file),
+                    None if _none(row.line_number) is None else int(row.line_number),
+                    stage,
+                    _none(row.raw_text),
+                    _none(row.raw_row),
+                    list(row.reasons),
+                    run_id,
+                )
+                for row in rejects.itertuples(index=False)
+            ],
+        )
+    return len(rejects)
+
+
+def _none(value: object) -> object:
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, float) and value != value:
+        return None
+    return value

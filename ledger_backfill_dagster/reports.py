@@ -1,0 +1,200 @@
+"""Files a person can hand to an auditor: per-partition error reports and reconciliation reports.
+
+Layout under REPORTS_DIR (default <LEDGER_BACKFILL_HOME>/reports):
+  <source_key>/errors/<partition>.csv            every reject of that partition, with reasons
+  <source_key>/reconciliation/<first>_<last>.md  the reconciliation report, readable
+  <source_key>/reconciliation/<first>_<last>_*.csv  its tables
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from ledger_backfill_dagster.ledger.reconcile import Reconciliation
+
+ERROR_COLUMNS = ["source_row_id", "source_file", "line_number", "reasons", "raw_row"]
+
+
+def write_error_report(
+    root: Path, source_key: str, partition_key: str, rejects: pd.DataFrame
+) -> Path | None:
+    target = root / source_key / "errors" / f"{partition_key}.csv"
+    if rejects.empty:
+        target.unlink(missing_ok=True)
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    frame = rejects.reindex(columns=ERROR_COLUMNS).copy()
+    frame["reasons"] = frame["reasons"].map(lambda r: "; ".join(r))
+    frame.to_csv(target, index=False)
+    return target
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "_none_\n"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append(
+            "| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(r: Reconciliation) -> str:
+    verdict = "RECONCILES" if r.reconciles else "DOES NOT RECONCILE"
+    v = r.entry_verification
+    parts = [
+        f"# Reconciliation: {verdict}\n",
+        f"Source `{r.source_id}`, {len(r.partitions)} partition(s).\n",
+        "## Row accounting (read = posted + duplicates + conflicts + rejected)\n",
+        _table(
+            [
+                {
+                    "read": r.rows_read,
+                    "posted": r.total("posted"),
+                    "duplicates": r.total("duplicates"),
+                    "conflicts": r.total("conflicts"),
+                    "rejected": r.total("rejected") + r.unpartitioned_rejects,
+                    "of which without partition": r.unpartitioned_rejects,
+                }
+            ],
+            ["read", "posted", "duplicates", "conflicts", "rejected", "of which without partition"],
+        ),
+        "## Entry verification (6.1)\n",
+        _table(
+            [v],
+            [
+                "total_entries",
+                "unique_references",
+                "unique_ledgers",
+                "earliest_entry",
+                "latest_entry",
+            ],
+        ),
+        "## Control totals per currency (source = ledger + held)\n",
+        _table(
+            [
+                {
+                    "currency": t.currency,
+                    "source count": t.source_count,
+                    "source sum": t.source_sum,
+                    "ledger count": t.ledger_count,
+                    "ledger sum": t.ledger_sum,
+                    "held count": t.held_count,
+                    "held sum": t.held_sum,
+                    "matches": t.matches,
+                }
+                for t in r.control_totals
+            ],
+            [
+                "currency",
+                "source count",
+                "source sum",
+                "ledger count",
+                "ledger sum",
+                "held count",
+                "held sum",
+                "matches",
+            ],
+        ),
+        "## Debits and credits per ledger and currency\n",
+        _table(
+            r.currency_totals, ["ledger_id", "currency", "debits", "credits", "fx_net", "balanced"]
+        ),
+        "## Stored balances per currency vs entries\n",
+        _table(
+            r.balances_by_currency, ["currency", "stored_balances", "entries_net", "consistent"]
+        ),
+        "## Balance reconciliation (6.2): accounts whose balance differs from their entries\n",
+        _table(
+            r.balance_drift,
+            ["account_id", "currency_code", "expected_balance", "actual_balance", "difference"],
+        ),
+        "## Outbox (6.3)\n",
+        _table(r.outbox_status, ["status", "count", "oldest", "newest"]),
+        "## Problems\n",
+        "".join(f"- {p}\n" for p in r.problems) or "_none_\n",
+    ]
+    return "\n".join(parts)
+
+
+def write_reconciliation(root: Path, source_key: str, r: Reconciliation) -> Path:
+    keys = [p.partition_key for p in r.partitions]
+    name = f"{keys[0]}_{keys[-1]}" if keys else "empty"
+    folder = root / source_key / "reconciliation"
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = folder / f"{name}.md"
+    markdown.write_text(summary_markdown(r), encoding="utf-8")
+    with (folder / f"{name}_partitions.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "partition",
+                "read",
+                "posted",
+                "duplicates",
+                "conflicts",
+                "rejected",
+                "unaccounted",
+                "checkpoint",
+            ]
+        )
+        for p in r.partitions:
+            writer.writerow(
+                [
+                    p.partition_key,
+                    p.read,
+                    p.posted,
+                    p.duplicates,
+                    p.conflicts,
+                    p.rejected,
+                    p.unaccounted,
+                    p.checkpoint_status,
+                ]
+            )
+    with (folder / f"{name}_balances.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["account_id", "currency_code", "expected_balance", "actual_balance", "difference"]
+        )
+        for d in r.balance_drift:
+            writer.writerow(
+                [
+                    d["account_id"],
+                    d["currency_code"],
+                    d["expected_balance"],
+                    d["actual_balance"],
+                    d["difference"],
+                ]
+            )
+    with (folder / f"{name}_control_totals.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "currency",
+                "source_count",
+                "source_sum",
+                "ledger_count",
+                "ledger_sum",
+                "held_count",
+                "held_sum",
+                "matches",
+            ]
+        )
+        for t in r.control_totals:
+            writer.writerow(
+                [
+                    t.currency,
+                    t.source_count,
+                    t.source_sum,
+                    t.ledger_count,
+                    t.ledger_sum,
+                    t.held_count,
+                    t.held_sum,
+                    t.matches,
+                ]
+            )
+    return markdown

@@ -1,0 +1,1 @@
+"""Dagster resources: the ledger database, the backfill settings, and the sources."""

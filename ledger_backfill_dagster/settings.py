@@ -1,0 +1,170 @@
+"""The backfill's configuration: the seed's environment variables, parsed once, with defaults.
+
+Secrets (DATABASE_URL, API tokens) are not read here: they reach resources through `dg.EnvVar`
+so Dagster never stores or shows their values.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the backfill cannot use."""
+
+
+def env_str(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def env_path(name: str) -> str | None:
+    raw = os.environ.get(name, "").strip()
+    return str(Path(raw).expanduser()) if raw else None
+
+
+def state_home() -> Path:
+    """Where the embedded PostgreSQL, staged Parquet and reports live (LEDGER_BACKFILL_HOME)."""
+    return Path(env_str("LEDGER_BACKFILL_HOME", str(Path.cwd() / ".state"))).resolve()
+
+
+def backfill_start_date() -> str:
+    raw = env_str("BACKFILL_START_DATE", "2024-01-01")
+    try:
+        date.fromisoformat(raw)
+    except ValueError as exc:
+        raise SettingsError(f"BACKFILL_START_DATE must be YYYY-MM-DD, got {raw!r}") from exc
+    return raw
+
+
+class BackfillSettings(dg.ConfigurableResource):
+    """Knobs of the seed's BackfillConfig and CSV script, plus the ones our issues add.
+
+    Defaults come from the environment when the code location loads (`from_env`); every field can
+    be overridden per run in the launchpad. None of them is a secret.
+    """
+
+    source_type: str = Field(
+        default="CSV", description="BACKFILL_SOURCE_TYPE: CSV, DATABASE, API or SCB."
+    )
+    source_file: str | None = Field(
+        default=None, description="BACKFILL_SOURCE_FILE: a CSV file, folder or glob."
+    )
+    source_id: str | None = Field(
+        default=None,
+        description="BACKFILL_SOURCE_ID: names the source in checkpoints and lineage; defaults to the resolved file path.",
+    )
+    accounts_file: str | None = Field(
+        default=None,
+        description="ACCOUNTS_FILE: chart of accounts CSV (accountId,currencyCode[,allowNegative]).",
+    )
+    account_map_file: str | None = Field(
+        default=None, description="ACCOUNT_MAP_FILE: CSV sourceId,ledgerAccountId."
+    )
+    transaction_type_map_file: str | None = Field(
+        default=None, description="TRANSACTION_TYPE_MAP_FILE: CSV sourceType,ledgerType."
+    )
+    column_map_file: str | None = Field(
+        default=None,
+        description="COLUMN_MAP_FILE: JSON {sourceColumn: canonicalField} for other layouts.",
+    )
+    ledger_id: str = Field(
+        default="MASTER", description="LEDGER_ID: ledger for rows with an empty ledgerId."
+    )
+    batch_size: int = Field(
+        default=1000, description="BATCH_SIZE: entries per posting transaction."
+    )
+    checkpoint_interval: int = Field(
+        default=10, description="CHECKPOINT_INTERVAL: validate touched balances every N batches."
+    )
+    max_retries: int = Field(
+        default=3, description="MAX_RETRIES: retries of a batch on a transient database error."
+    )
+    retry_delay_ms: int = Field(
+        default=1000, description="RETRY_DELAY: first retry delay in ms, doubled each retry."
+    )
+    parallel_workers: int = Field(
+        default=1, description="PARALLEL_WORKERS: partitions posted at once within a run."
+    )
+    skip_duplicates: bool = Field(
+        default=True,
+        description="SKIP_DUPLICATES: skip identical repeats (true) or fail naming them (false).",
+    )
+    validate_balances: bool = Field(
+        default=True,
+        description="VALIDATE_BALANCES: check touched balances against their entries during the run.",
+    )
+    force_redo: bool = Field(
+        default=False,
+        description="FORCE_REDO: re-process partitions whose checkpoint is COMPLETED.",
+    )
+    source_timezone: str = Field(
+        default="UTC", description="SOURCE_TIMEZONE: zone of timestamps without an offset."
+    )
+    reports_dir: str = Field(
+        default="", description="REPORTS_DIR: where reconciliation and error reports are written."
+    )
+
+    @property
+    def reports_path(self) -> Path:
+        return Path(self.reports_dir) if self.reports_dir else state_home() / "reports"
+
+    @classmethod
+    def from_env(cls) -> BackfillSettings:
+        source_type = env_str("BACKFILL_SOURCE_TYPE", "CSV").upper()
+        if source_type not in {"CSV", "DATABASE", "API", "SCB"}:
+            raise SettingsError(
+                f"BACKFILL_SOURCE_TYPE must be CSV, DATABASE, API or SCB, got {source_type!r}"
+            )
+        return cls(
+            source_type=source_type,
+            source_file=env_path("BACKFILL_SOURCE_FILE"),
+            source_id=os.environ.get("BACKFILL_SOURCE_ID") or None,
+            accounts_file=env_path("ACCOUNTS_FILE"),
+            account_map_file=env_path("ACCOUNT_MAP_FILE"),
+            transaction_type_map_file=env_path("TRANSACTION_TYPE_MAP_FILE"),
+            column_map_file=env_path("COLUMN_MAP_FILE"),
+            ledger_id=env_str("LEDGER_ID", "MASTER"),
+            batch_size=env_int("BATCH_SIZE", 1000, minimum=1),
+            checkpoint_interval=env_int("CHECKPOINT_INTERVAL", 10, minimum=1),
+            max_retries=env_int("MAX_RETRIES", 3),
+            retry_delay_ms=env_int("RETRY_DELAY", 1000),
+            parallel_workers=env_int("PARALLEL_WORKERS", 1, minimum=1),
+            skip_duplicates=env_bool("SKIP_DUPLICATES", True),
+            validate_balances=env_bool("VALIDATE_BALANCES", True),
+            force_redo=env_bool("FORCE_REDO", False),
+            source_timezone=env_str("SOURCE_TIMEZONE", "UTC"),
+            reports_dir=env_str("REPORTS_DIR", ""),
+        )

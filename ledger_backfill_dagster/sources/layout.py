@@ -1,0 +1,116 @@
+"""Column layouts: how a source's column names map onto the ledger entry contract's fields.
+
+Three layouts are known: the canonical one (the seed's `LedgerEntrySource` names), the legacy
+export of the seed's `transformCSVToLedgerEntry` example, and the snake_case names of
+`ledger_entries` itself (for database sources). Anything else needs a declared column map
+(COLUMN_MAP_FILE, JSON `{"sourceColumn": "canonicalField"}`). Columns a layout does not name are
+kept and folded into the entry's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+CANONICAL_FIELDS = (
+    "ledgerId",
+    "debitAccountId",
+    "creditAccountId",
+    "amount",
+    "currencyCode",
+    "assetType",
+    "transactionType",
+    "referenceId",
+    "timestampUtc",
+    "fxRate",
+    "metadata",
+)
+# Without these a row cannot be an entry at all; a source missing one fails as a whole.
+REQUIRED_FIELDS = ("debitAccountId", "creditAccountId", "amount", "currencyCode", "timestampUtc")
+
+LEGACY_LAYOUT = {
+    "ledger": "ledgerId",
+    "debit_account": "debitAccountId",
+    "credit_account": "creditAccountId",
+    "amount": "amount",
+    "currency": "currencyCode",
+    "asset_type": "assetType",
+    "txn_type": "transactionType",
+    "reference_id": "referenceId",
+    "timestamp": "timestampUtc",
+    "fx_rate": "fxRate",
+}
+SNAKE_LAYOUT = {
+    "ledger_id": "ledgerId",
+    "debit_account_id": "debitAccountId",
+    "credit_account_id": "creditAccountId",
+    "amount": "amount",
+    "currency_code": "currencyCode",
+    "asset_type": "assetType",
+    "transaction_type": "transactionType",
+    "reference_id": "referenceId",
+    "timestamp_utc": "timestampUtc",
+    "fx_rate": "fxRate",
+    "metadata": "metadata",
+}
+
+
+class LayoutError(ValueError):
+    """The source's columns cannot be mapped onto the entry contract."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """For each source column: the canonical field it feeds, or None (an extra column)."""
+
+    name: str
+    fields_by_column: dict[str, str | None]
+
+    def column_for(self, field: str) -> str | None:
+        for column, mapped in self.fields_by_column.items():
+            if mapped == field:
+                return column
+        return None
+
+    @property
+    def extra_columns(self) -> list[str]:
+        return [column for column, field in self.fields_by_column.items() if field is None]
+
+
+def load_column_map(path: str | None) -> dict[str, str] | None:
+    if not path:
+        return None
+    mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(mapping, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+    ):
+        raise LayoutError(f"{path}: a column map is a JSON object of column name → field name")
+    unknown = sorted(set(mapping.values()) - set(CANONICAL_FIELDS))
+    if unknown:
+        raise LayoutError(f"{path}: unknown canonical fields {unknown}")
+    return mapping
+
+
+def detect_layout(columns: list[str], column_map: dict[str, str] | None = None) -> Layout:
+    """Pick the layout for these column names, or explain why none fits."""
+    duplicates = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicates:
+        raise LayoutError(f"duplicate column names in header: {duplicates}")
+    candidates: list[tuple[str, dict[str, str]]] = []
+    if column_map:
+        candidates.append(("declared", column_map))
+    candidates += [
+        ("canonical", {f: f for f in CANONICAL_FIELDS}),
+        ("legacy", LEGACY_LAYOUT),
+        ("snake_case", SNAKE_LAYOUT),
+    ]
+    for name, mapping in candidates:
+        mapped = {c: mapping.get(c) for c in columns}
+        present = {f for f in mapped.values() if f}
+        if all(f in present for f in REQUIRED_FIELDS):
+            return Layout(name, mapped)
+    raise LayoutError(
+        f"columns {columns} fit no known layout: each needs {list(REQUIRED_FIELDS)} "
+        "(canonical names, the legacy export names, or a COLUMN_MAP_FILE)"
+    )

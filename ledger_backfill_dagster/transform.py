@@ -1,0 +1,216 @@
+"""The Transform Service (the seed's step 2): staged source rows → candidate ledger entries.
+
+Applies the seed's transformation rules 1–6 (account and transaction type mapping, amount and
+currency normalization, defaults, reference id generation, metadata extraction) column by column.
+It never rejects anything itself: rows that cannot be normalized keep what they had, and the
+contract (`contract.py`) says why they fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import pandas as pd
+
+from ledger_backfill_dagster.contract import PLAIN_DECIMAL
+from ledger_backfill_dagster.currencies import convert
+
+GENERATED_REFERENCE_PREFIX = "BACKFILL-"
+
+
+@dataclass(frozen=True)
+class TransformRules:
+    default_ledger_id: str = "MASTER"
+    account_map: dict[str, str] = field(default_factory=dict)
+    transaction_type_map: dict[str, str] = field(default_factory=dict)
+    account_currencies: dict[str, str] = field(default_factory=dict)
+
+
+def load_mapping(path: str | None) -> dict[str, str]:
+    """A two-column CSV (with a header) mapping source ids to ledger ids."""
+    if not path:
+        return {}
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    mapping: dict[str, str] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise ValueError(f"{path}: line {number}: expected sourceId,ledgerId")
+        mapping[row[0].strip()] = row[1].strip()
+    return mapping
+
+
+def _text(values: pd.Series) -> pd.Series:
+    return values.astype("string").fillna("")
+
+
+def _trimmed(values: pd.Series) -> pd.Series:
+    return _text(values).str.strip()
+
+
+def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
+    """Map a staged partition onto the contract's columns (see `LedgerEntrySource`)."""
+    out = pd.DataFrame(index=pd.RangeIndex(len(staged)))
+    for column in ("source_row_id", "line_number"):
+        out[column] = pd.array(staged[column].to_numpy(), dtype="Int64")
+    out["source_file"] = staged["source_file"].astype("string").to_numpy()
+
+    ledger = _trimmed(staged["ledgerId"]).to_numpy()
+    out["ledger_id"] = pd.array(ledger, dtype="string")
+    out.loc[out["ledger_id"] == "", "ledger_id"] = rules.default_ledger_id
+
+    for target, source in (
+        ("debit_account_id", "debitAccountId"),
+        ("credit_account_id", "creditAccountId"),
+    ):
+        ids = pd.Series(_trimmed(staged[source]).to_numpy(), dtype="string")
+        out[target] = (
+            ids.map(rules.account_map).fillna(ids).astype("string") if rules.account_map else ids
+        )
+
+    out["amount"] = pd.Series(_trimmed(staged["amount"]).to_numpy(), dtype="string")
+    out["currency_code"] = pd.Series(
+        _trimmed(staged["currencyCode"]).str.upper().to_numpy(), dtype="string"
+    )
+    asset = pd.Series(_trimmed(staged["assetType"]).str.lower().to_numpy(), dtype="string")
+    out["asset_type"] = asset.mask(asset == "", "fiat")
+    txn = pd.Series(_trimmed(staged["transactionType"]).to_numpy(), dtype="string")
+    out["transaction_type"] = (
+        txn.map(rules.transaction_type_map).fillna(txn).astype("string")
+        if rules.transaction_type_map
+        else txn
+    )
+    out["timestamp_utc"] = staged["timestamp_utc"].to_numpy()
+    out["timestamp_utc"] = out["timestamp_utc"].astype("datetime64[us, UTC]")
+    fx = pd.Series(_trimmed(staged["fxRate"]).to_numpy(), dtype="string")
+    out["fx_rate"] = fx.mask(fx == "")
+
+    out["metadata"], out["metadata_problem"] = _metadata(staged)
+
+    currencies = pd.Series(rules.account_currencies, dtype="string")
+    out["debit_account_currency"] = out["debit_account_id"].map(currencies).astype("string")
+    out["credit_account_currency"] = out["credit_account_id"].map(currencies).astype("string")
+    out["credit_amount"] = _credit_amounts(out)
+    out["credit_currency_code"] = out["credit_account_currency"]
+
+    reference = pd.Series(_text(staged["referenceId"]).to_numpy(), dtype="string")
+    out["reference_generated"] = (reference.str.strip() == "").to_numpy()
+    out["reference_id"] = reference
+    if out["reference_generated"].any():
+        rows = out.loc[out["reference_generated"]]
+        out.loc[out["reference_generated"], "reference_id"] = [
+            generated_reference(row) for row in rows.itertuples(index=False)
+        ]
+    return out
+
+
+def _metadata(staged: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Metadata must be empty or a JSON object; columns no layout names are folded into it."""
+    raw = staged["metadata"].astype("string").to_numpy()
+    extras = staged["extra_columns"].astype("string").to_numpy()
+    values: list[object] = []
+    problems: list[object] = []
+    for text, extra in zip(raw, extras, strict=True):
+        document, problem = _parse_object(text)
+        if extra is not pd.NA and problem is None:
+            merged = json.loads(extra)
+            merged.update(document or {})
+            values.append(json.dumps(merged, ensure_ascii=False))
+        elif document is not None:
+            values.append(text)
+        else:
+            values.append(pd.NA)
+        problems.append(problem if problem is not None else pd.NA)
+    return pd.Series(values, dtype="string"), pd.Series(problems, dtype="string")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_object(text: object) -> tuple[dict | None, str | None]:
+    if text is pd.NA or text is None or not str(text).strip():
+        return None, None
+    try:
+        document = json.loads(str(text), parse_constant=_reject_constant)
+    except ValueError:
+        return None, "not valid JSON"
+    if not isinstance(document, dict):
+        return None, f"a JSON {type(document).__name__}, not an object"
+    if "\\u0000" in str(text):
+        return None, "contains a NUL character"
+    return document, None
+
+
+def _credit_amounts(out: pd.DataFrame) -> pd.Series:
+    """The credit side: the amount itself, or amount × fxRate rounded half-even to the credit
+    currency's minor units when the accounts' currencies differ. Exact Decimal arithmetic."""
+    credit = out["amount"].copy()
+    crossing = (
+        out["credit_account_currency"].notna()
+        & (out["credit_account_currency"] != out["currency_code"]).fillna(False)
+        & out["fx_rate"].notna()
+    )
+    credit[out["credit_account_currency"].isna()] = pd.NA
+    if crossing.any():
+        rows = out.loc[crossing, ["amount", "fx_rate", "credit_account_currency"]]
+        credit[crossing] = [
+            _convert(amount, rate, currency)
+            for amount, rate, currency in rows.itertuples(index=False)
+        ]
+    return credit.astype("string")
+
+
+def _convert(amount: str, rate: str, currency: str) -> object:
+    import re
+
+    if not (re.fullmatch(PLAIN_DECIMAL, amount) and re.fullmatch(PLAIN_DECIMAL, rate)):
+        return pd.NA
+    try:
+        return format(convert(Decimal(amount), Decimal(rate), currency), "f")
+    except InvalidOperation:
+        return pd.NA
+
+
+def generated_reference(row: object) -> str:
+    """A reference id derived only from the row's content, so the same row always gets the same
+    id and a re-run posts nothing twice. Prefixed BACKFILL- like the seed's examples."""
+    fields = [
+        row.ledger_id,
+        row.debit_account_id,
+        row.credit_account_id,
+        _canonical_decimal(row.amount),
+        row.currency_code,
+        row.asset_type,
+        row.transaction_type,
+        pd.Timestamp(row.timestamp_utc).isoformat() if row.timestamp_utc is not pd.NaT else "",
+        _canonical_decimal(row.fx_rate),
+        _canonical_json(row.metadata),
+    ]
+    payload = json.dumps([None if f is pd.NA else str(f) for f in fields], ensure_ascii=False)
+    return GENERATED_REFERENCE_PREFIX + hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _canonical_decimal(value: object) -> object:
+    if value is pd.NA or value is None:
+        return None
+    try:
+        return format(Decimal(str(value)).normalize(), "f")
+    except InvalidOperation:
+        return str(value)
+
+
+def _canonical_json(value: object) -> object:
+    if value is pd.NA or value is None:
+        return None
+    try:
+        return json.dumps(json.loads(str(value)), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        return str(value)

@@ -1,0 +1,21 @@
+-- create_post_stage.sql
+-- Per-connection staging table for one batch. Rows are COPYed in, posted set-based, and vanish at
+-- commit (or with the rollback of a failed batch).
+CREATE TEMP TABLE IF NOT EXISTS post_stage (
+    source_row_id         BIGINT NOT NULL,
+    line_number           BIGINT,
+    ledger_id             TEXT NOT NULL,
+    debit_account_id      TEXT NOT NULL,
+    credit_account_id     TEXT NOT NULL,
+    amount                NUMERIC NOT NULL,
+    currency_code         TEXT NOT NULL,
+    credit_amount         NUMERIC NOT NULL,
+    credit_currency_code  TEXT NOT NULL,
+    asset_type            TEXT NOT NULL,
+    transaction_type      TEXT NOT NULL,
+    reference_id          TEXT NOT NULL,
+    timestamp_utc         TIMESTAMPTZ NOT NULL,
+    fx_rate               NUMERIC,
+    metadata              JSONB,
+    entry_id              BIGINT
+) ON COMMIT DELETE ROWS

@@ -1,0 +1,66 @@
+-- post_batch.sql
+-- Post the staged batch set-based, in one statement: insert the first occurrence of each
+-- (ledger_id, reference_id) unless the ledger already holds it, move both balances of every
+-- inserted entry, write one outbox row per entry, and mark which staged rows were posted.
+-- Rows not inserted are classified by classify_unposted.sql in a second statement, whose fresh
+-- snapshot also sees entries a concurrent batch committed while this one waited on ON CONFLICT.
+WITH staged AS (
+    SELECT s.*,
+           row_number() OVER (PARTITION BY s.ledger_id, s.reference_id
+                              ORDER BY s.source_row_id) AS occurrence
+      FROM post_stage s
+),
+inserted AS (
+    INSERT INTO ledger_entries (
+        ledger_id, debit_account_id, credit_account_id, amount, currency_code,
+        credit_amount, credit_currency_code, asset_type, transaction_type, reference_id,
+        timestamp_utc, fx_rate, metadata, backfill_source_id, backfill_source_type,
+        backfill_partition, backfill_run_id, source_row_id, content_fingerprint)
+    SELECT ledger_id, debit_account_id, credit_account_id, amount, currency_code,
+           credit_amount, credit_currency_code, asset_type, transaction_type, reference_id,
+           timestamp_utc, fx_rate, metadata, %(source_id)s, %(source_type)s,
+           %(partition_key)s, %(run_id)s, source_row_id,
+           ledger_entry_fingerprint(ledger_id, debit_account_id, credit_account_id, amount,
+               currency_code, credit_amount, credit_currency_code, asset_type,
+               transaction_type, reference_id, timestamp_utc, fx_rate, metadata)
+      FROM staged
+     WHERE occurrence = 1
+     ORDER BY source_row_id
+        ON CONFLICT (ledger_id, reference_id) DO NOTHING
+    RETURNING id, ledger_id, reference_id, source_row_id,
+              debit_account_id, credit_account_id, amount, credit_amount
+),
+movements AS (
+    SELECT debit_account_id AS account_id, amount AS delta FROM inserted
+    UNION ALL
+    SELECT credit_account_id, -credit_amount FROM inserted
+),
+net AS (
+    SELECT account_id, sum(delta) AS delta FROM movements GROUP BY account_id
+),
+balances AS (
+    UPDATE bank_accounts b
+       SET balance = b.balance + net.delta,
+           available_balance = b.available_balance + net.delta,
+           updated_at = now()
+      FROM net
+     WHERE b.id = net.account_id
+    RETURNING b.id
+),
+outbox AS (
+    INSERT INTO dual_ledger_outbox (ledger_entry_id, ledger_id, reference_id)
+    SELECT id, ledger_id, reference_id FROM inserted
+    RETURNING 1
+),
+marked AS (
+    UPDATE post_stage p
+       SET entry_id = inserted.id
+      FROM inserted
+     WHERE p.source_row_id = inserted.source_row_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted)  AS posted,
+       (SELECT count(*) FROM net)       AS accounts_expected,
+       (SELECT count(*) FROM balances)  AS accounts_moved,
+       (SELECT count(*) FROM outbox)    AS outbox_rows,
+       (SELECT count(*) FROM marked)    AS marked
