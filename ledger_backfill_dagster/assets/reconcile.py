@@ -38,8 +38,14 @@ def source_control_totals(
             mask = pc.equal(table["currency"], currency)
             selected = pc.filter(amounts, mask)
             count, total = totals.get(currency, (0, Decimal(0)))
-            totals[currency] = (count + len(selected), total + pc.sum(selected).as_py())
+            exact = pc.sum(selected).as_py() or Decimal(0)
+            totals[currency] = (count + len(selected), _plain(total + exact))
     return totals
+
+
+def _plain(value: Decimal) -> Decimal:
+    """Drop the trailing zeros of the decimal128 scale (19534940.598000… → 19534940.598)."""
+    return Decimal(format(value.normalize(), "f"))
 
 
 def build_reconciliation(
