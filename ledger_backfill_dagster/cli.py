@@ -9,22 +9,8 @@ from datetime import date
 from pathlib import Path
 
 import psycopg
-from psycopg.rows import dict_row
 
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase, redact
-
-STATUS_SQL = """
-SELECT source_id, source_type, partition_key, status, total_to_process, total_processed,
-       total_successful, total_failed, total_duplicates, total_conflicts, total_rejected,
-       batches_committed, last_processed_id, started_at, last_checkpoint_at, completed_at,
-       NOW() - last_checkpoint_at AS time_since_last_checkpoint,
-       (status = 'IN_PROGRESS' AND last_checkpoint_at < NOW() - make_interval(secs => %(stall)s))
-           AS stalled,
-       error_message
-  FROM ledger_backfill_checkpoints
- WHERE (%(source)s::TEXT IS NULL OR source_id = %(source)s)
- ORDER BY source_id, partition_key
-"""
 
 
 def _database() -> LedgerDatabase:
@@ -56,32 +42,33 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """The seed's monitoring queries: progress, stalled partitions, completion (monitoring.py)."""
+    from ledger_backfill_dagster.monitoring import read_status, stall_threshold_seconds, status_text
+
     db = _database()
     db.migrate()
-    with db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            STATUS_SQL, {"source": args.source, "stall": args.stall_seconds}
-        ).fetchall()
+    stall = args.stall_seconds if args.stall_seconds is not None else stall_threshold_seconds()
+    with db.connection() as conn:
+        status = read_status(conn, stall, args.source)
     if args.json:
-        print(json.dumps(rows, default=str, indent=1))
-        return 0
-    if not rows:
-        print("no backfill checkpoints yet")
-        return 0
-    totals: dict[str, int] = {}
-    for r in rows:
-        totals[r["status"]] = totals.get(r["status"], 0) + 1
-        flag = "  STALLED" if r["stalled"] else ""
-        done = f"{r['total_processed']}/{r['total_to_process'] or 0}"
-        print(
-            f"{r['partition_key']}  {r['status']:<11} {done:>15} processed  "
-            f"{r['total_successful']} ok  {r['total_duplicates']} dup  {r['total_conflicts']} conflict  "
-            f"{r['total_rejected']} rejected  last checkpoint {r['last_checkpoint_at']:%Y-%m-%d %H:%M:%S}{flag}"
-        )
-        if r["error_message"]:
-            print(f"            {r['error_message']}")
-    print("partitions by status: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
-    return 1 if any(r["stalled"] for r in rows) and args.fail_on_stalled else 0
+        print(json.dumps(status.as_json(), indent=1))
+    else:
+        print(status_text(status))
+    return 1 if status.stalled and args.fail_on_stalled else 0
+
+
+def cmd_roles(args: argparse.Namespace) -> int:
+    """Create the least-privilege group roles and grant them on this database (sql/roles.sql)."""
+    from ledger_backfill_dagster.ledger.roles import RoleNames, apply_roles
+
+    with _database().connection() as conn:
+        names = apply_roles(conn, RoleNames.with_prefix(args.prefix))
+    print(
+        f"roles ready: {names.reader} (read), {names.backfill} (backfill: insert entries, update"
+        f" balances, no delete), {names.rollback} (rollback: may delete entries)"
+    )
+    print("grant them to login roles, e.g. GRANT ledger_backfill TO backfill_svc;")
+    return 0
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
@@ -146,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("status", help="backfill progress, stalled and completed partitions")
     s.add_argument("--source", default=None)
     s.add_argument("--json", action="store_true")
-    s.add_argument("--stall-seconds", type=int, default=3600)
-    s.add_argument("--fail-on-stalled", action="store_true")
+    s.add_argument(
+        "--stall-seconds",
+        type=int,
+        default=None,
+        help="stalled after this long without a checkpoint (default STALL_THRESHOLD_SECONDS or 3600)",
+    )
+    s.add_argument("--fail-on-stalled", action="store_true", help="exit 1 if any is stalled")
     s.set_defaults(func=cmd_status)
 
     p = sub.add_parser("pause", help="ask running backfills to stop after their current batch")
@@ -156,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("resume", help="clear a pause request")
     r.add_argument("--source", default=None)
     r.set_defaults(func=cmd_resume)
+
+    ro = sub.add_parser(
+        "roles", help="create the least-privilege reader/backfill/rollback roles (sql/roles.sql)"
+    )
+    ro.add_argument("--prefix", default="", help="prefix for the role names (default none)")
+    ro.set_defaults(func=cmd_roles)
 
     sub.add_parser(
         "summary", help="print the reconciliation of the configured source"

@@ -9,10 +9,13 @@ import dagster as dg
 from ledger_backfill_dagster.assets.extract import extracted_source
 from ledger_backfill_dagster.assets.post import posted_batches
 from ledger_backfill_dagster.assets.reconcile import reconciliation_report
+from ledger_backfill_dagster.assets.status import backfill_status, no_stalled_backfills
 from ledger_backfill_dagster.assets.transform import transformed_entries
 from ledger_backfill_dagster.assets.validate import validated_entries
 from ledger_backfill_dagster.jobs import ledger_backfill_job
+from ledger_backfill_dagster.monitoring import alert_hook_from_env
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster.sensors import stalled_backfill_sensor
 from ledger_backfill_dagster.settings import BackfillSettings
 
 
@@ -31,9 +34,16 @@ defs = dg.Definitions(
         validated_entries,
         posted_batches,
         reconciliation_report,
+        backfill_status,  # operations: recorded by stalled_backfill_sensor, not computed by runs
     ],
+    asset_checks=[no_stalled_backfills],
     jobs=[ledger_backfill_job],
-    resources={"settings": BackfillSettings.from_env(), "ledger_db": ledger_database()},
+    sensors=[stalled_backfill_sensor],
+    resources={
+        "settings": BackfillSettings.from_env(),
+        "ledger_db": ledger_database(),
+        "stall_alerts": alert_hook_from_env(),
+    },
     # Stages of one run run in order in one process: no per-step process start-up, and
     # partitions run in parallel through PARALLEL_WORKERS or concurrent runs instead.
     executor=dg.in_process_executor,

@@ -49,7 +49,10 @@ def apply_migrations(conn: psycopg.Connection, include_deferred: bool = False) -
     applied_now: list[str] = []
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute(BOOKKEEPING)
+        # CREATE ... IF NOT EXISTS still needs CREATE on the schema: skip it when the table is
+        # there, so a least-privilege role (sql/roles.sql) can run an up-to-date schema.
+        if conn.execute("SELECT to_regclass('ledger_schema_migrations')").fetchone()[0] is None:
+            conn.execute(BOOKKEEPING)
         done = dict(
             conn.execute("SELECT version, checksum FROM ledger_schema_migrations").fetchall()
         )
