@@ -43,13 +43,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """The seed's monitoring queries: progress, stalled partitions, completion (monitoring.py)."""
-    from ledger_backfill_dagster.monitoring import read_status, stall_threshold_seconds, status_text
+    from ledger_backfill_dagster.monitoring import (
+        read_status,
+        schema_missing,
+        stall_threshold_seconds,
+        status_text,
+    )
 
-    db = _database()
-    db.migrate()
     stall = args.stall_seconds if args.stall_seconds is not None else stall_threshold_seconds()
-    with db.connection() as conn:
-        status = read_status(conn, stall, args.source)
+    # Read-only (no migration), so the least-privilege reader role can watch.
+    with _database().connection() as conn:
+        try:
+            status = read_status(conn, stall, args.source)
+        except psycopg.Error as exc:
+            if not schema_missing(exc):
+                raise
+            print("no backfill has run yet: the ledger schema does not exist")
+            return 0
     if args.json:
         print(json.dumps(status.as_json(), indent=1))
     else:
