@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from ledger_backfill_dagster.resources.source_connection import SourceConnection
+
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
 
@@ -48,6 +50,19 @@ def env_bool(name: str, default: bool) -> bool:
     if raw in FALSE_WORDS:
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
 
 
 def env_path(name: str) -> str | None:
@@ -136,6 +151,52 @@ class BackfillSettings(dg.ConfigurableResource):
     reports_dir: str = Field(
         default="", description="REPORTS_DIR: where reconciliation and error reports are written."
     )
+    # Sources other than CSV (issue 5; docs/sources.md). Their URL and token are secrets and live
+    # in `connection`, resolved from BACKFILL_SOURCE_URL / BACKFILL_API_TOKEN through dg.EnvVar.
+    connection: SourceConnection | None = Field(
+        default=None,
+        description="Where a DATABASE, API or SCB source is (URL and token given as EnvVars).",
+    )
+    source_table: str | None = Field(
+        default=None,
+        description="BACKFILL_SOURCE_TABLE: the DATABASE source's table (schema.table allowed).",
+    )
+    source_query: str | None = Field(
+        default=None,
+        description="BACKFILL_SOURCE_QUERY: a SELECT to read instead of a table (DATABASE).",
+    )
+    source_id_column: str = Field(
+        default="id",
+        description="BACKFILL_SOURCE_ID_COLUMN: the DATABASE source's integer key (keyset order).",
+    )
+    source_timestamp_column: str | None = Field(
+        default=None,
+        description="BACKFILL_SOURCE_TIMESTAMP_COLUMN: the column that places a row in a day; "
+        "defaults to the column mapped to timestampUtc.",
+    )
+    source_column_map: str | None = Field(
+        default=None,
+        description='BACKFILL_SOURCE_COLUMN_MAP: inline JSON {"sourceColumn": "canonicalField"} '
+        "(DATABASE and API; wins over COLUMN_MAP_FILE).",
+    )
+    scb_sovereign_bank_id: str | None = Field(
+        default=None, description="SCB_SOVEREIGN_BANK_ID: whose ledger an SCB source reads."
+    )
+    source_page_size: int = Field(
+        default=5000,
+        description="BACKFILL_SOURCE_PAGE_SIZE: rows per database fetch or API page.",
+    )
+    source_timeout_seconds: float = Field(
+        default=30.0, description="BACKFILL_SOURCE_TIMEOUT: seconds per request or connect."
+    )
+    source_max_retries: int = Field(
+        default=5,
+        description="BACKFILL_SOURCE_MAX_RETRIES: retries of a page on a transient error.",
+    )
+    source_max_retry_after: float = Field(
+        default=120.0,
+        description="BACKFILL_SOURCE_MAX_RETRY_AFTER: longest Retry-After honoured, in seconds.",
+    )
 
     @property
     def reports_path(self) -> Path:
@@ -167,4 +228,16 @@ class BackfillSettings(dg.ConfigurableResource):
             force_redo=env_bool("FORCE_REDO", False),
             source_timezone=env_str("SOURCE_TIMEZONE", "UTC"),
             reports_dir=env_str("REPORTS_DIR", ""),
+            connection=SourceConnection.from_env(),
+            source_table=os.environ.get("BACKFILL_SOURCE_TABLE", "").strip() or None,
+            source_query=os.environ.get("BACKFILL_SOURCE_QUERY", "").strip() or None,
+            source_id_column=env_str("BACKFILL_SOURCE_ID_COLUMN", "id"),
+            source_timestamp_column=os.environ.get("BACKFILL_SOURCE_TIMESTAMP_COLUMN", "").strip()
+            or None,
+            source_column_map=os.environ.get("BACKFILL_SOURCE_COLUMN_MAP", "").strip() or None,
+            scb_sovereign_bank_id=os.environ.get("SCB_SOVEREIGN_BANK_ID", "").strip() or None,
+            source_page_size=env_int("BACKFILL_SOURCE_PAGE_SIZE", 5000, minimum=1),
+            source_timeout_seconds=env_float("BACKFILL_SOURCE_TIMEOUT", 30.0, minimum=0.001),
+            source_max_retries=env_int("BACKFILL_SOURCE_MAX_RETRIES", 5),
+            source_max_retry_after=env_float("BACKFILL_SOURCE_MAX_RETRY_AFTER", 120.0),
         )
