@@ -12,11 +12,19 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing import Series
 
-from ledger_backfill_dagster.currencies import minor_units_table, places
+from ledger_backfill_dagster.currencies import minor_units_table, places_table
 
 ASSET_TYPES = ("fiat", "cbdc", "commodity", "security")
-PLAIN_DECIMAL = r"\d+(?:\.\d+)?"
+# ASCII digits only: `\d` would also take "١٢٣" or "１０", which Python's Decimal reads but
+# PostgreSQL's NUMERIC refuses.
+PLAIN_DECIMAL = r"[0-9]+(?:\.[0-9]+)?"
 ZERO = r"0+(?:\.0+)?"
+UNIT_RATE = r"0*1(?:\.0+)?"
+# What the transformation stage writes in `metadata_problem` when the metadata cannot be stored.
+METADATA_NOT_JSON = "not valid JSON"
+METADATA_NUL = "\\u0000, a NUL character"
+METADATA_SURROGATE = "an unpaired UTF-16 surrogate escape"
+METADATA_UNSTORABLE = (METADATA_NUL, METADATA_SURROGATE)
 MAX_INTEGER_DIGITS = 24
 TEXT_FIELDS = (
     "ledger_id",
@@ -29,6 +37,13 @@ TEXT_FIELDS = (
 )
 
 StringSeries = Series[pd.StringDtype]
+# Text columns are Arrow-backed: every string check below then runs in Arrow's compute kernels
+# instead of a Python loop over the rows (`as_contract_frame` converts a frame read back).
+ARROW_STRING = pd.StringDtype("pyarrow")
+
+
+def _text(nullable: bool = False) -> object:
+    return pa.Field(nullable=nullable, dtype_kwargs={"storage": "pyarrow", "na_value": pd.NA})
 
 
 def _flag(values: pd.Series) -> pd.Series:
@@ -41,31 +56,33 @@ def _plain_positive(text: pd.Series) -> pd.Series:
 
 
 def _fraction_digits(text: pd.Series) -> pd.Series:
-    return text.str.partition(".")[2].str.len().fillna(0).astype("int64")
+    point = text.str.find(".")
+    digits = (text.str.len() - point - 1).where(point >= 0, 0)
+    return digits.fillna(0).astype("int64")
 
 
 class LedgerEntrySource(pa.DataFrameModel):
     """One row per ledger entry, ready to post."""
 
     source_row_id: Series[pd.Int64Dtype] = pa.Field(nullable=False)
-    ledger_id: StringSeries
-    debit_account_id: StringSeries
-    credit_account_id: StringSeries
-    amount: StringSeries
-    currency_code: StringSeries
-    asset_type: StringSeries
-    transaction_type: StringSeries
-    reference_id: StringSeries
+    ledger_id: StringSeries = _text()
+    debit_account_id: StringSeries = _text()
+    credit_account_id: StringSeries = _text()
+    amount: StringSeries = _text()
+    currency_code: StringSeries = _text()
+    asset_type: StringSeries = _text()
+    transaction_type: StringSeries = _text()
+    reference_id: StringSeries = _text()
     timestamp_utc: Series[pd.DatetimeTZDtype] = pa.Field(
         nullable=False, dtype_kwargs={"unit": "us", "tz": "UTC"}
     )
-    fx_rate: StringSeries = pa.Field(nullable=True)
-    metadata: StringSeries = pa.Field(nullable=True)
+    fx_rate: StringSeries = _text(nullable=True)
+    metadata: StringSeries = _text(nullable=True)
     # Helper columns filled by the transformation stage.
-    debit_account_currency: StringSeries = pa.Field(nullable=True)
-    credit_account_currency: StringSeries = pa.Field(nullable=True)
-    credit_amount: StringSeries = pa.Field(nullable=True)
-    metadata_problem: StringSeries = pa.Field(nullable=True)
+    debit_account_currency: StringSeries = _text(nullable=True)
+    credit_account_currency: StringSeries = _text(nullable=True)
+    credit_amount: StringSeries = _text(nullable=True)
+    metadata_problem: StringSeries = _text(nullable=True)
 
     class Config:
         strict = False
@@ -101,7 +118,8 @@ class LedgerEntrySource(pa.DataFrameModel):
 
     @pa.check("amount", name=f"amount: more than {MAX_INTEGER_DIGITS} digits before the point")
     def amount_not_huge(cls, s: pd.Series) -> pd.Series:
-        return _flag(s.str.partition(".")[0].str.len() <= MAX_INTEGER_DIGITS)
+        point = s.str.find(".")
+        return _flag(point.where(point >= 0, s.str.len()) <= MAX_INTEGER_DIGITS)
 
     @pa.check("currency_code", name="currencyCode: not an ISO 4217 code")
     def currency_known(cls, s: pd.Series) -> pd.Series:
@@ -113,11 +131,15 @@ class LedgerEntrySource(pa.DataFrameModel):
 
     @pa.check("metadata_problem", name="metadata: not a JSON object")
     def metadata_is_object(cls, s: pd.Series) -> pd.Series:
-        return s.isna()
+        return s.isna() | _flag(s.isin(METADATA_UNSTORABLE))
+
+    @pa.check("metadata_problem", name="metadata: holds text JSONB cannot store")
+    def metadata_storable(cls, s: pd.Series) -> pd.Series:
+        return ~_flag(s.isin(METADATA_UNSTORABLE))
 
     @pa.dataframe_check(name="amount: more fractional digits than the currency's minor units")
     def amount_within_minor_units(cls, df: pd.DataFrame) -> pd.Series:
-        allowed = df["currency_code"].map(places, na_action="ignore")
+        allowed = df["currency_code"].map(places_table())
         known = allowed.notna() & _plain_positive(df["amount"])
         return ~known | _flag(_fraction_digits(df["amount"]) <= allowed.fillna(0))
 
@@ -146,7 +168,7 @@ class LedgerEntrySource(pa.DataFrameModel):
     @pa.dataframe_check(name="fxRate: given, but both accounts are in the same currency")
     def fx_rate_only_when_crossing(cls, df: pd.DataFrame) -> pd.Series:
         same = _flag(df["credit_account_currency"] == df["currency_code"])
-        unit_rate = _flag(df["fx_rate"].str.fullmatch(r"0*1(?:\.0*)?"))
+        unit_rate = _flag(df["fx_rate"].str.fullmatch(UNIT_RATE))
         return ~same | df["fx_rate"].isna() | unit_rate
 
     @pa.dataframe_check(name="text fields: contain a NUL character")
@@ -160,3 +182,16 @@ class LedgerEntrySource(pa.DataFrameModel):
     def credit_amount_positive(cls, df: pd.DataFrame) -> pd.Series:
         computed = df["credit_amount"]
         return computed.isna() | _flag(~computed.str.fullmatch(ZERO))
+
+
+def as_contract_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with the contract's text columns Arrow-backed (Parquet reads them back as
+    Python-backed strings); other columns untouched."""
+    converted = {
+        name: frame[name].astype(ARROW_STRING)
+        for name, column in LedgerEntrySource.to_schema().columns.items()
+        if name in frame.columns
+        and column.dtype.type == ARROW_STRING
+        and frame[name].dtype != ARROW_STRING
+    }
+    return frame.assign(**converted) if converted else frame

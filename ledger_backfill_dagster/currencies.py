@@ -33,6 +33,12 @@ def places(code: str) -> int:
     return UNBOUNDED_PLACES if units is None else units
 
 
+@cache
+def places_table() -> dict[str, int]:
+    """`places` for every code at once (for vectorized lookups)."""
+    return {code: places(code) for code in minor_units_table()}
+
+
 def convert(amount: Decimal, fx_rate: Decimal, to_currency: str) -> Decimal:
     """amount × fx_rate, rounded half-even to the target currency's minor units."""
     quantum = Decimal(1).scaleb(-places(to_currency))

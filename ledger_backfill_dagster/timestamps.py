@@ -7,20 +7,25 @@ than guessed. The UTC day decides the partition.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 
 # An offset only counts after a time of day: "2024-01-05" ends in "-05" but has none.
-_HAS_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+_HAS_OFFSET = r"[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)$"
 # ISO 8601 shapes only: pandas' ISO8601 parser alone would also take e.g. "2024-1-5".
+# ASCII digits only (`\d` would take any script's digits).
 _ISO_SHAPE = (
-    r"^\d{4}-\d{2}-\d{2}"
-    r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?)?"
-    r"(?:[zZ]|[+-]\d{2}(?::?\d{2})?)?$"
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]{1,9})?)?)?"
+    r"(?:[zZ]|[+-][0-9]{2}(?::?[0-9]{2})?)?$"
 )
 
 EMPTY = "timestampUtc: empty"
 UNPARSEABLE = "timestampUtc: not an ISO 8601 timestamp"
 NONEXISTENT_LOCAL = "timestampUtc: local time does not exist or is ambiguous in SOURCE_TIMEZONE"
+LATER_THAN_RUN_START = "timestampUtc: later than the run's start"
+BEFORE_START_DATE = "timestampUtc: before BACKFILL_START_DATE (belongs to no partition)"
 
 
 def parse_utc(values: pd.Series, source_timezone: str) -> tuple[pd.Series, pd.Series]:
@@ -41,5 +46,19 @@ def parse_utc(values: pd.Series, source_timezone: str) -> tuple[pd.Series, pd.Se
     reasons = pd.Series(None, index=values.index, dtype="object")
     reasons[result.isna()] = UNPARSEABLE
     reasons[result.isna() & naive.notna() & ~has_offset] = NONEXISTENT_LOCAL
+    unread = shaped & ((has_offset & aware.isna()) | (~has_offset & naive.isna()))
+    for index in unread[unread].index:  # rare: out of pandas' range (1677-2262) or not a date
+        reasons[index] = _out_of_range(str(text[index]))
     reasons[empty] = EMPTY
     return result, reasons
+
+
+def _out_of_range(text: str) -> str:
+    """Why a well-shaped timestamp pandas could not read is refused: a real date outside the
+    years pandas represents is too late or too early for any partition; anything else
+    (February 30, hour 25) is not a timestamp at all."""
+    try:
+        moment = datetime.fromisoformat(text.replace(",", "."))
+    except ValueError:
+        return UNPARSEABLE
+    return LATER_THAN_RUN_START if moment.year > 2000 else BEFORE_START_DATE

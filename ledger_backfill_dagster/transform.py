@@ -11,13 +11,21 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from ledger_backfill_dagster.contract import PLAIN_DECIMAL
+from ledger_backfill_dagster.contract import (
+    METADATA_NOT_JSON,
+    METADATA_NUL,
+    METADATA_SURROGATE,
+    PLAIN_DECIMAL,
+)
 from ledger_backfill_dagster.currencies import convert
 
 GENERATED_REFERENCE_PREFIX = "BACKFILL-"
@@ -112,41 +120,87 @@ def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
 
 
 def _metadata(staged: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """Metadata must be empty or a JSON object; columns no layout names are folded into it."""
-    raw = staged["metadata"].astype("string").to_numpy()
-    extras = staged["extra_columns"].astype("string").to_numpy()
-    values: list[object] = []
-    problems: list[object] = []
-    for text, extra in zip(raw, extras, strict=True):
-        document, problem = _parse_object(text)
-        if extra is not pd.NA and problem is None:
-            merged = json.loads(extra)
-            merged.update(document or {})
-            values.append(json.dumps(merged, ensure_ascii=False))
-        elif document is not None:
-            values.append(text)
+    """Metadata must be empty or a JSON object; columns no layout names are folded into it.
+
+    Returns (metadata as JSON text or NA, problem or NA). Only rows that carry metadata are
+    parsed (json has no vectorized parser); rows with extra columns only take them as they are."""
+    text = pd.Series(staged["metadata"].astype("string").to_numpy(), dtype="string")
+    extras = pd.Series(staged["extra_columns"].astype("string").to_numpy(), dtype="string")
+    given = _flag(text.str.strip() != "")
+    values = extras.copy()
+    problems = pd.Series(pd.NA, index=text.index, dtype="string")
+    if not given.any():
+        return values, problems
+    escaped = _flag(text.str.contains("\\u", regex=False))
+    rows = np.flatnonzero(given.to_numpy())
+    parsed_values: list[object] = []
+    parsed_problems: list[object] = []
+    for raw, extra, has_escape in zip(
+        text.to_numpy()[rows], extras.to_numpy()[rows], escaped.to_numpy()[rows], strict=True
+    ):
+        document, problem = _parse_object(raw, has_escape)
+        if problem is not None:
+            parsed_values.append(pd.NA)
+        elif extra is pd.NA:
+            parsed_values.append(raw)
         else:
-            values.append(pd.NA)
-        problems.append(problem if problem is not None else pd.NA)
-    return pd.Series(values, dtype="string"), pd.Series(problems, dtype="string")
+            merged = json.loads(extra)
+            merged.update(document)
+            parsed_values.append(json.dumps(merged, ensure_ascii=False))
+        parsed_problems.append(pd.NA if problem is None else problem)
+    values.iloc[rows] = parsed_values
+    problems.iloc[rows] = parsed_problems
+    return values, problems
+
+
+def _flag(values: pd.Series) -> pd.Series:
+    return values.fillna(False).astype(bool)
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _parse_object(text: object) -> tuple[dict | None, str | None]:
-    if text is pd.NA or text is None or not str(text).strip():
-        return None, None
+_JSON_KINDS = {
+    list: "a JSON array",
+    str: "a JSON string",
+    int: "a JSON number",
+    float: "a JSON number",
+    bool: "a JSON boolean",
+    type(None): "JSON null",
+}
+
+
+def _parse_object(text: str, has_escape: bool) -> tuple[dict | None, str | None]:
+    """(the object, None) or (None, what is wrong with it)."""
     try:
-        document = json.loads(str(text), parse_constant=_reject_constant)
+        document = json.loads(text, parse_constant=_reject_constant)
     except ValueError:
-        return None, "not valid JSON"
+        return None, METADATA_NOT_JSON
     if not isinstance(document, dict):
-        return None, f"a JSON {type(document).__name__}, not an object"
-    if "\\u0000" in str(text):
-        return None, "contains a NUL character"
+        return None, _JSON_KINDS.get(type(document), "not an object")
+    if has_escape:  # only escapes can smuggle in what JSONB refuses
+        strings = list(_strings(document))
+        if any("\x00" in value for value in strings):
+            return None, METADATA_NUL
+        if any(_SURROGATE.search(value) for value in strings):
+            return None, METADATA_SURROGATE
     return document, None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
 
 
 def _credit_amounts(out: pd.DataFrame) -> pd.Series:
@@ -169,8 +223,6 @@ def _credit_amounts(out: pd.DataFrame) -> pd.Series:
 
 
 def _convert(amount: str, rate: str, currency: str) -> object:
-    import re
-
     if not (re.fullmatch(PLAIN_DECIMAL, amount) and re.fullmatch(PLAIN_DECIMAL, rate)):
         return pd.NA
     try:

@@ -1,11 +1,21 @@
-"""The Validate Service: split transformed rows into entries to post and rejects with reasons."""
+"""The Validate Service: split transformed rows into entries to post and rejects with reasons.
+
+The Pandera model `LedgerEntrySource` is the only statement of the rules. Each of its checks (and
+its nullability rules) is applied to the whole frame as one vectorized operation through
+Pandera's own `Check` objects, giving every failing row every rule it breaks; Pandera then
+validates the frame's schema (columns, dtypes) before anything may be posted. Pandera's lazy
+error report is not used to find the failing rows: it reshapes each failing row of a
+dataframe-wide check cell by cell, about 0.1 ms per rejected row, 50 times the cost of the checks.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+from pandera.config import ValidationDepth, config_context
 
-from ledger_backfill_dagster.contract import LedgerEntrySource
+from ledger_backfill_dagster.contract import LedgerEntrySource, as_contract_frame
 
 # Columns the posting stage needs; everything else was only there for the contract.
 POSTABLE_COLUMNS = [
@@ -27,45 +37,85 @@ POSTABLE_COLUMNS = [
 ]
 
 
+class ContractError(ValueError):
+    """The frame itself breaks the contract (a missing column, a wrong dtype): a defect in the
+    pipeline, not in the data, so no row of it can be judged, and none may be posted."""
+
+
+def _passed(result: object, index: pd.Index) -> np.ndarray:
+    """A check's verdict for every row (rows a check skipped as missing pass it, as in Pandera:
+    missing values are judged by the nullability rule)."""
+    output = result.check_output
+    if not isinstance(output, pd.Series):
+        return np.full(len(index), bool(output))
+    if not output.index.equals(index):
+        output = output.reindex(index, fill_value=True)
+    return output.fillna(False).astype(bool).to_numpy()
+
+
+def rule_verdicts(frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """(rule names, a rules × rows matrix of failures), every rule of the model, in its order."""
+    schema = LedgerEntrySource.to_schema()
+    absent = sorted(set(schema.columns) - set(frame.columns))
+    if absent:
+        raise ContractError(f"transformed frame lacks the contract's columns {absent}")
+    names: list[str] = []
+    failed: list[np.ndarray] = []
+    for name, column in schema.columns.items():
+        values = frame[name]
+        if not column.nullable:
+            names.append(f"{name}: missing")
+            failed.append(values.isna().to_numpy())
+        for check in column.checks:
+            names.append(check.name)
+            failed.append(~_passed(check(values), frame.index))
+    for check in schema.checks:
+        names.append(check.name)
+        failed.append(~_passed(check(frame), frame.index))
+    matrix = np.vstack(failed) if failed else np.zeros((0, len(frame)), dtype=bool)
+    return names, matrix
+
+
 def reasons_by_row(transformed: pd.DataFrame) -> dict[int, list[str]]:
-    """Run the contract lazily; every failing row index → every rule it breaks, in rule order."""
+    """Every failing row position → every rule it breaks, in the model's order."""
+    frame = as_contract_frame(transformed)
+    names, matrix = rule_verdicts(frame)
+    bad_rows = np.flatnonzero(matrix.any(axis=0))
+    reasons = {int(row): [names[r] for r in np.flatnonzero(matrix[:, row])] for row in bad_rows}
+    passing = frame
+    if len(bad_rows):
+        keep = np.ones(len(frame), dtype=bool)
+        keep[bad_rows] = False
+        passing = frame.iloc[keep]
     try:
-        LedgerEntrySource.validate(transformed, lazy=True)
+        with config_context(validation_depth=ValidationDepth.SCHEMA_ONLY):
+            LedgerEntrySource.validate(passing, lazy=True)
     except pa.errors.SchemaErrors as errors:
-        cases = errors.failure_cases
-        cases = cases[cases["index"].notna()]
-        reasons: dict[int, list[str]] = {}
-        for index, check, column in cases[["index", "check", "column"]].itertuples(index=False):
-            reason = _describe(str(check), str(column))
-            bucket = reasons.setdefault(int(index), [])
-            if reason not in bucket:
-                bucket.append(reason)
-        return reasons
-    return {}
-
-
-def _describe(check: str, column: str) -> str:
-    if check == "not_nullable":
-        return f"{column}: missing"
-    if check.startswith("metadata:"):
-        return check
-    return check
+        shown = "; ".join(
+            f"{column}: {check} ({case})"
+            for column, check, case in errors.failure_cases[["column", "check", "failure_case"]]
+            .head(5)
+            .itertuples(index=False)
+        )
+        raise ContractError(f"transformed frame does not fit the contract: {shown}") from None
+    return reasons
 
 
 def split(transformed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(entries that meet the contract, rejects as source_row_id + reasons)."""
+    transformed = as_contract_frame(transformed.reset_index(drop=True))
     reasons = reasons_by_row(transformed)
-    bad = transformed.index.isin(list(reasons))
-    metadata_detail = transformed["metadata_problem"]
+    bad = np.zeros(len(transformed), dtype=bool)
+    bad[list(reasons)] = True
+    details = transformed["metadata_problem"].to_numpy()
     rejects = pd.DataFrame(
         {
             "source_row_id": transformed.loc[bad, "source_row_id"].astype("int64").to_numpy(),
-            "reasons": [
-                _with_detail(reasons[i], metadata_detail.iloc[i]) for i in transformed.index[bad]
-            ],
+            "reasons": [_with_detail(reasons[i], details[i]) for i in np.flatnonzero(bad)],
         }
     )
-    valid = transformed.loc[~bad, POSTABLE_COLUMNS].reset_index(drop=True)
+    valid = transformed.loc[~bad, POSTABLE_COLUMNS] if bad.any() else transformed[POSTABLE_COLUMNS]
+    valid = valid.reset_index(drop=True)
     return valid, rejects
 
 

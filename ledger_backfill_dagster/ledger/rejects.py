@@ -1,4 +1,9 @@
-"""Quarantine: every rejected source row, with its position, raw content and reasons."""
+r"""Quarantine: every rejected source row, with its position, raw content and reasons.
+
+PostgreSQL can store neither a NUL character in TEXT nor `\u0000` in JSONB, and a row that was
+rejected *for* holding a NUL must still be kept: NULs in the raw text and raw values are written
+as the four visible characters `\x00` (as invalid UTF-8 bytes are), everything else as read.
+"""
 
 from __future__ import annotations
 
@@ -74,8 +79,8 @@ def replace_rejects(
                     _none(row.source_file),
                     None if _none(row.line_number) is None else int(row.line_number),
                     stage,
-                    _none(row.raw_text),
-                    _none(row.raw_row),
+                    _storable_text(_none(row.raw_text)),
+                    _storable_json(_none(row.raw_row)),
                     list(row.reasons),
                     run_id,
                 )
@@ -83,6 +88,33 @@ def replace_rejects(
             ],
         )
     return len(rejects)
+
+
+NUL = "\x00"
+VISIBLE_NUL = "\\x00"
+
+
+def _storable_text(value: object) -> object:
+    if isinstance(value, str) and NUL in value:
+        return value.replace(NUL, VISIBLE_NUL)
+    return value
+
+
+def _storable_json(value: object) -> object:
+    """JSON text JSONB accepts: NULs inside strings (keys too) made visible."""
+    if not isinstance(value, str) or "\\u0000" not in value:
+        return value
+
+    def clean(node: object) -> object:
+        if isinstance(node, str):
+            return node.replace(NUL, VISIBLE_NUL)
+        if isinstance(node, dict):
+            return {clean(k): clean(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return json.dumps(clean(json.loads(value)), ensure_ascii=False)
 
 
 def _none(value: object) -> object:

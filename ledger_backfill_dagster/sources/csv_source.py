@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from itertools import islice
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 import pyarrow as pa
@@ -41,7 +42,7 @@ from ledger_backfill_dagster.sources.layout import (
     detect_layout,
     load_column_map,
 )
-from ledger_backfill_dagster.timestamps import parse_utc
+from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START, parse_utc
 
 CHUNK_ROWS = 200_000
 ROW_ID_FILE_STRIDE = 10**12  # source_row_id = file index × stride + line number
@@ -63,6 +64,14 @@ def resolve_files(spec: str) -> list[Path]:
     if not files:
         raise SourceError(f"BACKFILL_SOURCE_FILE {spec!r} matches no CSV file")
     return [f.resolve() for f in files]
+
+
+def check_timezone(name: str) -> None:
+    """SOURCE_TIMEZONE must name an IANA zone: a typo would misplace every naive timestamp."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise SourceError(f"SOURCE_TIMEZONE {name!r} is not an IANA time zone name") from exc
 
 
 @dataclass
@@ -91,6 +100,7 @@ class CsvSource(SourceReader):
         return digest.hexdigest()[:24]
 
     def extract(self, partition_keys: list[str], staging_root: Path) -> ExtractResult:
+        check_timezone(self.source_timezone)
         files = resolve_files(self.spec)
         root = staging_root / self.source_key
         root.mkdir(parents=True, exist_ok=True)
@@ -251,10 +261,8 @@ def _place(
     """Parse timestamps and give each row its UTC day; rows with no partition become rejects."""
     parsed, reasons = parse_utc(frame["timestampUtc"], source_timezone)
     reasons = reasons.copy()
-    reasons[parsed.notna() & (parsed > run_start)] = "timestampUtc: later than the run's start"
-    reasons[parsed.notna() & (parsed < first_day)] = (
-        "timestampUtc: before BACKFILL_START_DATE (belongs to no partition)"
-    )
+    reasons[parsed.notna() & (parsed > run_start)] = LATER_THAN_RUN_START
+    reasons[parsed.notna() & (parsed < first_day)] = BEFORE_START_DATE
     bad = reasons.notna()
     for row in frame.loc[bad].assign(reason=reasons[bad]).itertuples(index=False):
         raw_row = {name: _none(getattr(row, name)) for name in CANONICAL_FIELDS}
