@@ -131,6 +131,7 @@ class JsonHttpClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.retry = retry
+        self.base_url = base_url
         self.client = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             headers=headers,
@@ -178,7 +179,8 @@ class JsonHttpClient:
             attempts += 1
             self.requests += 1
             try:
-                response = self.client.request(method, path.lstrip("/"), **kwargs)
+                target = path.lstrip("/") if path else self.base_url
+                response = self.client.request(method, target, **kwargs)
             except httpx.TimeoutException as exc:
                 raise _Transient(f"timed out ({type(exc).__name__})") from exc
             except httpx.TransportError as exc:
