@@ -12,7 +12,9 @@ from ledger_backfill_dagster.assets.reconcile import reconciliation_report
 from ledger_backfill_dagster.assets.status import backfill_status, no_stalled_backfills
 from ledger_backfill_dagster.assets.transform import transformed_entries
 from ledger_backfill_dagster.assets.validate import validated_entries
+from ledger_backfill_dagster.checks import LEDGER_CHECKS
 from ledger_backfill_dagster.jobs import ledger_backfill_job
+from ledger_backfill_dagster.maintenance_jobs import MAINTENANCE_JOBS
 from ledger_backfill_dagster.monitoring import alert_hook_from_env
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.sensors import stalled_backfill_sensor
@@ -36,8 +38,8 @@ defs = dg.Definitions(
         reconciliation_report,
         backfill_status,  # operations: recorded by stalled_backfill_sensor, not computed by runs
     ],
-    asset_checks=[no_stalled_backfills],
-    jobs=[ledger_backfill_job],
+    asset_checks=[no_stalled_backfills, *LEDGER_CHECKS],
+    jobs=[ledger_backfill_job, *MAINTENANCE_JOBS],
     sensors=[stalled_backfill_sensor],
     resources={
         "settings": BackfillSettings.from_env(),

@@ -18,6 +18,7 @@ from ledger_backfill_dagster.assets.post import posted_batches
 from ledger_backfill_dagster.assets.reconcile import reconciliation_report
 from ledger_backfill_dagster.assets.transform import transformed_entries
 from ledger_backfill_dagster.assets.validate import validated_entries
+from ledger_backfill_dagster.checks import LEDGER_CHECKS
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.settings import BackfillSettings
 
@@ -36,8 +37,11 @@ def materialize_range(
 ) -> dg.ExecuteInProcessResult:
     """A real in-process materialization of the partition range, as a single-run backfill,
     configured from the current environment (like the CLI)."""
+    selected = assets or ASSETS
     job = dg.Definitions(
-        assets=assets or ASSETS,
+        assets=selected,
+        # The ledger invariants are evaluated in every run that materializes the report.
+        asset_checks=LEDGER_CHECKS if reconciliation_report in selected else [],
         resources={
             "settings": BackfillSettings.from_env(),
             "ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"]),
@@ -152,3 +156,143 @@ def ledger_snapshot(conn: psycopg.Connection) -> dict[str, object]:
 
 def balances(conn: psycopg.Connection) -> dict[str, Decimal]:
     return dict(conn.execute("SELECT id, balance FROM bank_accounts").fetchall())
+
+
+def write_deposit_dataset(
+    out_dir: Path, days: int, per_day: int, start: str = "2024-01-01", seed: int = 7
+) -> tuple[Path, Path]:
+    """A ledger whose customer accounts never go below zero, whatever subset of days is posted:
+    customers only receive (deposits, some converted from EUR at an FX rate, so credit_amount
+    differs from amount), and fees move between accounts that may go negative. Each day also
+    holds one exact repeat (a duplicate) and one row breaking the contract (a reject).
+    Returns (entries CSV, accounts CSV)."""
+    import json
+    import random
+    from datetime import date, timedelta
+
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    accounts = [("CLR-USD", "USD", "true"), ("CLR-EUR", "EUR", "true"), ("FEE-USD", "USD", "true")]
+    accounts += [(f"CUST-USD-{i}", "USD", "false") for i in range(6)]
+    accounts += [(f"CUST-EUR-{i}", "EUR", "false") for i in range(4)]
+    accounts_file = out_dir / "accounts.csv"
+    with accounts_file.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["accountId", "currencyCode", "allowNegative"])
+        writer.writerows(accounts)
+    entries_file = out_dir / "entries.csv"
+    first = date.fromisoformat(start)
+    with entries_file.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(
+            [
+                "ledgerId",
+                "debitAccountId",
+                "creditAccountId",
+                "amount",
+                "currencyCode",
+                "assetType",
+                "transactionType",
+                "referenceId",
+                "timestampUtc",
+                "fxRate",
+                "metadata",
+            ]
+        )
+        for d in range(days):
+            day = first + timedelta(days=d)
+            rows = []
+            for n in range(per_day):
+                when = (
+                    f"{day.isoformat()}T{(n * 86399 // per_day) // 3600:02d}:"
+                    f"{(n * 86399 // per_day) % 3600 // 60:02d}:{(n * 86399 // per_day) % 60:02d}Z"
+                )
+                cents = rng.randrange(1, 5_000_000)
+                amount = f"{cents // 100}.{cents % 100:02d}"
+                ref = f"DEP-{day.isoformat()}-{n:05d}"
+                kind = n % 4
+                if kind == 0:  # USD customer funded from EUR clearing at a rate
+                    rate = f"0.{rng.randrange(8000, 9999)}{rng.randrange(10, 99)}"
+                    row = [
+                        "MASTER",
+                        f"CUST-USD-{rng.randrange(6)}",
+                        "CLR-EUR",
+                        amount,
+                        "USD",
+                        "fiat",
+                        "DEPOSIT",
+                        ref,
+                        when,
+                        rate,
+                        "",
+                    ]
+                elif kind == 1:
+                    row = [
+                        "MASTER",
+                        f"CUST-EUR-{rng.randrange(4)}",
+                        "CLR-EUR",
+                        amount,
+                        "EUR",
+                        "fiat",
+                        "DEPOSIT",
+                        ref,
+                        when,
+                        "",
+                        json.dumps({"n": n}),
+                    ]
+                elif kind == 2:
+                    row = [
+                        "MASTER",
+                        f"CUST-USD-{rng.randrange(6)}",
+                        "CLR-USD",
+                        amount,
+                        "USD",
+                        "fiat",
+                        "DEPOSIT",
+                        ref,
+                        when,
+                        "",
+                        "",
+                    ]
+                else:
+                    row = [
+                        "MASTER",
+                        "CLR-USD",
+                        "FEE-USD",
+                        amount,
+                        "USD",
+                        "fiat",
+                        "FEE",
+                        ref,
+                        when,
+                        "",
+                        "",
+                    ]
+                rows.append(row)
+            rows.append(list(rows[1]))  # an exact repeat: a duplicate
+            bad = list(rows[2])
+            bad[3], bad[7] = "12.3.4", f"BAD-{day.isoformat()}"
+            rows.append(bad)  # breaks the contract: a reject
+            writer.writerows(rows)
+    return entries_file, accounts_file
+
+
+def run_maintenance_job(
+    job_name: str, database_url: str, op_config: dict, *, raise_on_error: bool = False
+) -> dg.ExecuteInProcessResult:
+    """A real in-process run of a maintenance job (maintenance_jobs.py) on this database."""
+    from ledger_backfill_dagster.maintenance_jobs import MAINTENANCE_JOBS
+
+    job = next(j for j in MAINTENANCE_JOBS if j.name == job_name)
+    [op] = job.graph.node_defs
+    return job.execute_in_process(  # on an ephemeral (in-memory) Dagster instance
+        run_config={"ops": {op.name: {"config": op_config}}},
+        resources={"ledger_db": LedgerDatabase(database_url=database_url)},
+        raise_on_error=raise_on_error,
+    )
+
+
+def op_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    """The metadata a maintenance job's op reported, as plain values."""
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return {k: getattr(v, "value", v) for k, v in event.event_specific_data.metadata.items()}
