@@ -70,6 +70,7 @@ class LedgerApiServer:
         self.requests: list[Request] = []
         self.received: list[dict] = []  # entries delivered to the dual-ledger endpoint
         self.idempotency_keys: list[str] = []
+        self.bodies: list[bytes] = []  # raw request bodies, to check numbers on the wire
         self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -211,8 +212,9 @@ class LedgerApiServer:
 
     def _content(self, method, path, query, body_in, headers):  # type: ignore[no-untyped-def]
         if method == "POST" and path == "/dual-ledger/entries":
-            document = json.loads(body_in)
+            document = json.loads(body_in, parse_float=Decimal)
             with self.lock:
+                self.bodies.append(body_in)
                 self.received.extend(document["entries"])
                 self.idempotency_keys.append(headers.get("Idempotency-Key", ""))
             return 202, b'{"accepted": true}'

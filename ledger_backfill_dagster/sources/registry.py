@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import dagster as dg
+
 from ledger_backfill_dagster.settings import BackfillSettings, SettingsError, backfill_start_date
 from ledger_backfill_dagster.sources.api import ApiSource
 from ledger_backfill_dagster.sources.base import SourceReader
@@ -43,7 +45,7 @@ def make_source(settings: BackfillSettings) -> SourceReader:
     if settings.source_type in ("API", "SCB"):
         common = {
             "base_url": _source_url(settings, "the API's base URL"),
-            "token": settings.connection.api_token if settings.connection else None,
+            "token": _secret(settings.connection.api_token) if settings.connection else None,
             "start_date": backfill_start_date(),
             "source_timezone": settings.source_timezone,
             "page_size": settings.source_page_size,
@@ -59,8 +61,15 @@ def make_source(settings: BackfillSettings) -> SourceReader:
     raise SettingsError(f"source type {settings.source_type} is not available in this build")
 
 
+def _secret(value: object) -> str | None:
+    """A resource field's value; outside a run (the CLI) an EnvVar is read from the environment."""
+    if isinstance(value, dg.EnvVar):
+        return value.get_value()
+    return value  # type: ignore[return-value]
+
+
 def _source_url(settings: BackfillSettings, what: str) -> str:
-    url = settings.connection.url if settings.connection else None
+    url = _secret(settings.connection.url) if settings.connection else None
     if not url:
         raise SettingsError(
             f"BACKFILL_SOURCE_URL is not set: a {settings.source_type} source needs {what}"
