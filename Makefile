@@ -56,8 +56,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The benchmark (benchmarks/README.md): make bench BENCH_ARGS="--rss-entries 2000000,10000000"
 bench: setup
-	$(BIN)/python benchmarks/run_benchmark.py
+	$(BIN)/python benchmarks/run_benchmark.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(STATE) reports
