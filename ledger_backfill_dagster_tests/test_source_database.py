@@ -251,13 +251,14 @@ def test_lost_connection_resumes_after_the_last_staged_id(source_url, tmp_path) 
 
 
 OLD_LEDGER = """
-CREATE TABLE old_ledger (
+CREATE SCHEMA legacy;
+CREATE TABLE legacy.old_ledger (
     entry_no   BIGINT PRIMARY KEY,
     posted_at  TIMESTAMP,          -- local time of the old system, no zone
     debit      TEXT, credit TEXT, amt NUMERIC(18, 2), ccy CHAR(3), kind TEXT, ref TEXT,
     note       TEXT
 );
-INSERT INTO old_ledger VALUES
+INSERT INTO legacy.old_ledger VALUES
  (10, '2024-01-01 10:00', 'A-USD', 'B-USD', 100.10, 'USD', 'TRANSFER', 'R-1', 'first'),
  (11, '2024-01-02 00:30', 'B-USD', 'A-USD',  20.00, 'USD', 'FEE',      'R-2', NULL),
  (12, '2024-01-02 12:00', 'C-EUR', 'D-EUR',  30.05, 'EUR', 'PAYMENT',  'R-3', NULL),
@@ -289,10 +290,12 @@ def event_texts(result) -> str:
 
 @pytest.mark.slow
 def test_query_source_with_mapping_accounts_for_every_row(
-    backfill_env, source_url, database_url, tmp_path, monkeypatch
+    backfill_env, database_url, tmp_path, monkeypatch
 ) -> None:
-    """A query over another schema (naive local timestamps, other column names, a LIKE with '%'):
-    each source row ends posted, duplicate or reject; no row is silently left out."""
+    """Scenario 2 in place: the old table, moved to a `legacy` schema of the ledger's own
+    database, read through a query (naive local timestamps, other column names, a LIKE with
+    '%'): each source row ends posted, duplicate or reject; no row is silently left out."""
+    source_url = database_url
     with psycopg.connect(source_url) as conn:
         conn.execute(OLD_LEDGER)
     accounts = tmp_path / "accounts.csv"
@@ -303,7 +306,7 @@ def test_query_source_with_mapping_accounts_for_every_row(
     env = {
         "BACKFILL_SOURCE_TYPE": "DATABASE",
         "BACKFILL_SOURCE_URL": source_url,
-        "BACKFILL_SOURCE_QUERY": "SELECT * FROM old_ledger WHERE ref LIKE 'R-%'",
+        "BACKFILL_SOURCE_QUERY": "SELECT * FROM legacy.old_ledger WHERE ref LIKE 'R-%'",
         "BACKFILL_SOURCE_ID_COLUMN": "entry_no",
         "BACKFILL_SOURCE_COLUMN_MAP": json.dumps(OLD_LEDGER_MAP),
         "SOURCE_TIMEZONE": "Europe/Berlin",
@@ -345,3 +348,28 @@ def test_query_source_with_mapping_accounts_for_every_row(
     assert again.success
     with psycopg.connect(database_url) as conn:
         assert ledger_snapshot(conn) == before
+
+
+def test_a_completed_day_is_kept_until_the_source_changes(source_url, tmp_path) -> None:
+    """Re-running a completed day asks only for its row count and highest id; a late row makes
+    the day be read again, whole."""
+    data = generate(tmp_path / "data", entries=3000, days=3, accounts=20)
+    load_legacy(source_url, data.entries_file)
+    source = DatabaseSource(url=source_url, table="ledger_entries_legacy", page_size=400)
+    keys = ["2024-01-01", "2024-01-02", "2024-01-03"]
+    first = source.extract(keys, tmp_path / "stage")
+    assert first.rows_by_partition == {k: 1000 for k in keys}
+    again = source.extract(keys, tmp_path / "stage")
+    assert (again.details["partitions_unchanged"], again.details["pages"]) == (3, 0)
+    assert again.rows_by_partition == first.rows_by_partition
+    with psycopg.connect(source_url) as conn:
+        conn.execute(
+            "INSERT INTO ledger_entries_legacy (ledger_id, debit_account_id, credit_account_id,"
+            " amount, currency_code, reference_id, timestamp_utc)"
+            " VALUES ('MASTER', 'A', 'B', 1, 'USD', 'LATE-1', '2024-01-02T12:00:00Z')"
+        )
+    late = source.extract(keys, tmp_path / "stage")
+    assert late.details["partitions_unchanged"] == 2
+    assert late.rows_by_partition["2024-01-02"] == 1001
+    ids = pq.read_table(late.staged["2024-01-02"], columns=["source_row_id"]).column(0)
+    assert len(set(ids.to_pylist())) == 1001 and max(ids.to_pylist()) == 3001

@@ -7,8 +7,9 @@ replaces the partition's staged folder in one rename, so later stages never see 
 
 A read that is interrupted (a crash, a malformed page, a source that stayed down) resumes where
 its state file says on the next run; pages already staged are not fetched again. A partition whose
-read completed is read afresh on the next run, so late rows are picked up, and its posting
-checkpoint then skips it if nothing changed.
+read completed is read afresh on the next run, so late rows are picked up (the database reader
+first asks whether the day's row count and highest id changed, and keeps the staged day if not),
+and its posting checkpoint then skips it if nothing changed.
 
 Files the dataset reader must ignore start with "_" or "." (pyarrow's default ignore prefixes).
 """
@@ -155,6 +156,13 @@ class SourceStaging:
 
     def final_dir(self, partition_key: str) -> Path:
         return self.root / f"partition_key={partition_key}"
+
+    def completed(self, partition_key: str) -> dict | None:
+        """The state of this partition's last completed read, if made with these settings."""
+        state = _read_state(self.final_dir(partition_key))
+        if state and state.get("complete") and state.get("fingerprint") == self.fingerprint:
+            return state
+        return None
 
     def open(self, partition_key: str, started_at: datetime) -> PartitionStaging:
         """Resume an interrupted read of this partition, or start a fresh one.
