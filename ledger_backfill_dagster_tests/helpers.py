@@ -296,3 +296,42 @@ def op_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
     """The metadata a maintenance job's op reported, as plain values."""
     [event] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
     return {k: getattr(v, "value", v) for k, v in event.event_specific_data.metadata.items()}
+
+
+class BackfillRunner:
+    """Real in-process backfill runs (all five assets and the ledger checks) configured from the
+    environment, sharing one Dagster instance: cheaper than materialize_range's one per run."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+        self.job = dg.Definitions(
+            assets=ASSETS,
+            asset_checks=LEDGER_CHECKS,
+            resources={
+                "settings": BackfillSettings.from_env(),
+                "ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"]),
+            },
+            jobs=[dg.define_asset_job("backfill", selection=dg.AssetSelection.all())],
+            executor=dg.in_process_executor,
+        ).resolve_job_def("backfill")
+
+    def __call__(
+        self,
+        first: str,
+        last: str | None = None,
+        assets: list[dg.AssetKey] | None = None,
+        raise_on_error: bool = False,
+    ) -> dg.ExecuteInProcessResult:
+        return self.job.execute_in_process(
+            instance=self.instance,
+            asset_selection=assets,
+            tags={
+                "dagster/asset_partition_range_start": first,
+                "dagster/asset_partition_range_end": last or first,
+            },
+            raise_on_error=raise_on_error,
+        )
+
+
+def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}

@@ -3,8 +3,7 @@ failing (and blocking the run) on each hand-made inconsistency, which the report
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -15,11 +14,7 @@ import pytest
 from ledger_backfill_dagster.assets.reconcile import reconciliation_report
 from ledger_backfill_dagster.checks import LEDGER_CHECKS
 from ledger_backfill_dagster.generate import generate
-from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.settings import BackfillSettings
-from ledger_backfill_dagster_tests.helpers import ASSETS
-
-Run = Callable[..., dg.ExecuteInProcessResult]
+from ledger_backfill_dagster_tests.helpers import BackfillRunner, check_evaluations
 
 CHECK_NAMES = {
     "debits_equal_credits",
@@ -31,40 +26,14 @@ CHECK_NAMES = {
 
 
 @pytest.fixture
-def run(tmp_path: Path, backfill_env, monkeypatch, database_url: str) -> Iterator[Run]:
+def run(tmp_path: Path, backfill_env, monkeypatch) -> Iterator[BackfillRunner]:
     """Real in-process runs of the whole backfill with its checks, over three days of generated
-    data, sharing one Dagster instance (the helpers' materialize_range makes one per run)."""
+    data, sharing one Dagster instance."""
     data = generate(tmp_path / "data", entries=600, days=3, accounts=20, start=date(2024, 1, 1))
     monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(data.entries_file))
     monkeypatch.setenv("ACCOUNTS_FILE", str(data.accounts_file))
-    job = dg.Definitions(
-        assets=ASSETS,
-        asset_checks=LEDGER_CHECKS,
-        resources={
-            "settings": BackfillSettings.from_env(),
-            "ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"]),
-        },
-        jobs=[dg.define_asset_job("backfill", selection=dg.AssetSelection.all())],
-        executor=dg.in_process_executor,
-    ).resolve_job_def("backfill")
     with dg.instance_for_test() as instance:
-
-        def execute(assets: list[dg.AssetKey] | None = None) -> dg.ExecuteInProcessResult:
-            return job.execute_in_process(
-                instance=instance,
-                asset_selection=assets,
-                tags={
-                    "dagster/asset_partition_range_start": "2024-01-01",
-                    "dagster/asset_partition_range_end": "2024-01-03",
-                },
-                raise_on_error=False,
-            )
-
-        yield execute
-
-
-def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
-    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        yield BackfillRunner(instance)
 
 
 def report_of(result: dg.ExecuteInProcessResult) -> tuple[bool, str]:
@@ -84,17 +53,17 @@ def test_the_backfill_job_evaluates_every_ledger_check() -> None:
 
 
 def test_checks_pass_on_a_clean_backfill_and_catch_hand_made_inconsistencies(
-    run: Run, database_url: str
+    run: BackfillRunner, database_url: str
 ) -> None:
-    clean = run()
+    clean = run("2024-01-01", "2024-01-03")
     assert clean.success
-    assert evaluations(clean) == dict.fromkeys(CHECK_NAMES, True)
+    assert check_evaluations(clean) == dict.fromkeys(CHECK_NAMES, True)
     assert report_of(clean)[0] is True
 
     def report_again() -> dg.ExecuteInProcessResult:
         """The report and its checks again, upstream unchanged, as in any later run."""
-        result = run([reconciliation_report.key])
-        assert set(evaluations(result)) == CHECK_NAMES  # the selection brings its checks
+        result = run("2024-01-01", "2024-01-03", assets=[reconciliation_report.key])
+        assert set(check_evaluations(result)) == CHECK_NAMES  # the selection brings its checks
         return result
 
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -109,7 +78,7 @@ def test_checks_pass_on_a_clean_backfill_and_catch_hand_made_inconsistencies(
         )
         result = report_again()
         assert not result.success  # blocking checks fail the run
-        checks = evaluations(result)
+        checks = check_evaluations(result)
         assert checks["balances_match_entries"] is False
         assert checks["debits_equal_credits"] is False  # stored balances per currency are off
         assert checks["source_rows_accounted_for"] and checks["outbox_coverage"]
@@ -128,7 +97,7 @@ def test_checks_pass_on_a_clean_backfill_and_catch_hand_made_inconsistencies(
         conn.execute("DELETE FROM dual_ledger_outbox WHERE ledger_entry_id = %s", (entry_id,))
         result = report_again()
         assert not result.success
-        checks = evaluations(result)
+        checks = check_evaluations(result)
         assert checks == {**dict.fromkeys(CHECK_NAMES, True), "outbox_coverage": False}
         reconciles, markdown = report_of(result)
         assert reconciles is False and "1 posted entries have no outbox row" in markdown
@@ -145,7 +114,7 @@ def test_checks_pass_on_a_clean_backfill_and_catch_hand_made_inconsistencies(
         ).fetchone()[0]
         result = report_again()
         assert not result.success
-        checks = evaluations(result)
+        checks = check_evaluations(result)
         assert checks["balances_match_entries"] is False
         assert checks["source_rows_accounted_for"] is False
         assert checks["outbox_coverage"] is False  # the orphaned outbox row

@@ -42,6 +42,7 @@ from ledger_backfill_dagster.ledger.errors import (
     PausedError,
     UnknownAccountsError,
 )
+from ledger_backfill_dagster.ledger.rollback import reinstate_reversed
 from ledger_backfill_dagster.sql_files import query
 from ledger_backfill_dagster.validation import POSTABLE_COLUMNS
 
@@ -334,6 +335,10 @@ class PartitionPoster:
                 cur.execute(
                     query("record_conflicts"),
                     {**params, "source_row_ids": [o[0] for o in conflicts]},
+                )
+            if already:  # a row whose entry a rollback reversed is re-applied (ledger/rollback.py)
+                reinstate_reversed(
+                    cur, [o[4] for o in outcomes if o[5] == "ALREADY_POSTED"], self.plan.run_id
                 )
             t1 = time.perf_counter()
             cur.execute(
