@@ -13,10 +13,13 @@ from ledger_backfill_dagster.assets.status import backfill_status, no_stalled_ba
 from ledger_backfill_dagster.assets.transform import transformed_entries
 from ledger_backfill_dagster.assets.validate import validated_entries
 from ledger_backfill_dagster.checks import LEDGER_CHECKS
+from ledger_backfill_dagster.dual_ledger_sync import DUAL_LEDGER_CHECKS, DUAL_LEDGER_JOBS
 from ledger_backfill_dagster.jobs import ledger_backfill_job
 from ledger_backfill_dagster.maintenance_jobs import MAINTENANCE_JOBS
 from ledger_backfill_dagster.monitoring import alert_hook_from_env
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster.resources.source_connection import OutboxEndpoint
+from ledger_backfill_dagster.schedules import SCHEDULES
 from ledger_backfill_dagster.sensors import stalled_backfill_sensor
 from ledger_backfill_dagster.settings import BackfillSettings
 
@@ -38,13 +41,15 @@ defs = dg.Definitions(
         reconciliation_report,
         backfill_status,  # operations: recorded by stalled_backfill_sensor, not computed by runs
     ],
-    asset_checks=[no_stalled_backfills, *LEDGER_CHECKS],
-    jobs=[ledger_backfill_job, *MAINTENANCE_JOBS],
+    asset_checks=[no_stalled_backfills, *LEDGER_CHECKS, *DUAL_LEDGER_CHECKS],
+    jobs=[ledger_backfill_job, *MAINTENANCE_JOBS, *DUAL_LEDGER_JOBS],
+    schedules=SCHEDULES,  # all STOPPED by default
     sensors=[stalled_backfill_sensor],
     resources={
         "settings": BackfillSettings.from_env(),
         "ledger_db": ledger_database(),
         "stall_alerts": alert_hook_from_env(),
+        "outbox_endpoint": OutboxEndpoint.from_env(),  # OUTBOX_RELAY_URL / _TOKEN as EnvVars
     },
     # Stages of one run run in order in one process: no per-step process start-up, and
     # partitions run in parallel through PARALLEL_WORKERS or concurrent runs instead.
