@@ -375,7 +375,7 @@ def rollback(
             raise RollbackRefused(["a reason is required to apply a rollback (it is audited)"])
         plan = RollbackPlan(scope, resolved, dry_run, applied)
         with conn.transaction():
-            if resolved == "maintenance":
+            if resolved == "maintenance" and not dry_run:  # a dry run never blocks posting
                 conn.execute("SET LOCAL lock_timeout = '60s'")
                 conn.execute("LOCK TABLE bank_accounts IN ACCESS EXCLUSIVE MODE")
             _plan(conn, scope, resolved, plan)
