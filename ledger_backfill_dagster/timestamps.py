@@ -35,7 +35,11 @@ def parse_utc(values: pd.Series, source_timezone: str) -> tuple[pd.Series, pd.Se
     shaped = text.str.fullmatch(_ISO_SHAPE).fillna(False).astype(bool)
     has_offset = text.str.contains(_HAS_OFFSET, regex=True).fillna(False).astype(bool)
 
-    aware_text = text.where(shaped & has_offset).str.replace(",", ".", regex=False)
+    aware_text = (
+        text.where(shaped & has_offset)
+        .str.replace(",", ".", regex=False)
+        .str.replace(r"z$", "Z", regex=True)  # RFC 3339 allows a lower-case z
+    )
     naive_text = text.where(shaped & ~has_offset).str.replace(",", ".", regex=False)
     aware = pd.to_datetime(aware_text, format="ISO8601", utc=True, errors="coerce")
     naive = pd.to_datetime(naive_text, format="ISO8601", errors="coerce")

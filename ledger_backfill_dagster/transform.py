@@ -206,19 +206,22 @@ def _strings(node: object) -> Iterator[str]:
 def _credit_amounts(out: pd.DataFrame) -> pd.Series:
     """The credit side: the amount itself, or amount × fxRate rounded half-even to the credit
     currency's minor units when the accounts' currencies differ. Exact Decimal arithmetic."""
-    credit = out["amount"].copy()
-    crossing = (
+    credit = out["amount"].astype("string").mask(out["credit_account_currency"].isna())
+    crossing = _flag(
         out["credit_account_currency"].notna()
-        & (out["credit_account_currency"] != out["currency_code"]).fillna(False)
+        & (out["credit_account_currency"] != out["currency_code"])
         & out["fx_rate"].notna()
     )
-    credit[out["credit_account_currency"].isna()] = pd.NA
-    if crossing.any():
-        rows = out.loc[crossing, ["amount", "fx_rate", "credit_account_currency"]]
-        credit[crossing] = [
-            _convert(amount, rate, currency)
-            for amount, rate, currency in rows.itertuples(index=False)
-        ]
+    positions = np.flatnonzero(crossing.to_numpy())
+    if len(positions):
+        rows = out.iloc[positions][["amount", "fx_rate", "credit_account_currency"]]
+        credit.iloc[positions] = pd.array(
+            [
+                _convert(amount, rate, currency)
+                for amount, rate, currency in rows.itertuples(index=False)
+            ],
+            dtype="string",
+        )
     return credit.astype("string")
 
 

@@ -121,11 +121,11 @@ def read_records(path: Path) -> tuple[list[str], Iterator[Record | MalformedLine
 
 def _records(lines: _Lines, width: int) -> Iterator[Record | MalformedLine]:
     for number, raw in lines:
-        text = _decode(raw)
-        if text is None:
+        decoded = _decode(raw)
+        if decoded is None:
             yield MalformedLine(number, raw.decode("utf-8", "backslashreplace"), "invalid UTF-8")
             continue
-        text = _strip_eol(text)
+        text = _strip_eol(decoded)
         if not text.strip():
             continue
         if text.startswith(BOM):
@@ -139,11 +139,8 @@ def _records(lines: _Lines, width: int) -> Iterator[Record | MalformedLine]:
                 yield MalformedLine(number, text, "broken quoting")
                 continue
         else:
-            record = _multiline_record(lines, number, text, width)
-            if record is None:
-                yield MalformedLine(number, text, "broken quoting (unclosed quote)")
-                continue
-            yield record
+            record = _multiline_record(lines, number, decoded, width)
+            yield record or MalformedLine(number, text, "broken quoting (unclosed quote)")
             continue
         if len(fields) != width:
             yield MalformedLine(
@@ -153,9 +150,13 @@ def _records(lines: _Lines, width: int) -> Iterator[Record | MalformedLine]:
         yield Record(number, fields)
 
 
-def _multiline_record(lines: _Lines, number: int, first: str, width: int) -> Record | None:
-    """Join following lines while a quoted field stays open; push them back if it never closes
-    into a record of the right width, so only the first line is lost."""
+def _multiline_record(
+    lines: _Lines, number: int, first: str, width: int
+) -> Record | MalformedLine | None:
+    """Join following lines while a quoted field stays open. A record that closes properly is
+    one record, even with the wrong number of fields (then it is malformed as a whole). If the
+    quote never closes into a parseable record, push the lines back (None): only the first line
+    is lost. Line breaks inside the quoted field are kept as written (LF or CRLF)."""
     consumed: list[tuple[int, bytes]] = []
     text = first
     for _ in range(MAX_LINES_PER_RECORD - 1):
@@ -167,11 +168,17 @@ def _multiline_record(lines: _Lines, number: int, first: str, width: int) -> Rec
         piece = _decode(item[1])
         if piece is None:
             break
-        text = text + "\n" + _strip_eol(piece)
+        text += piece
         if _quotes_balanced(text):
-            fields = _parse_quoted(text)
+            fields = _parse_quoted(_strip_eol(text))
             if fields is not None and len(fields) == width:
                 return Record(number, fields)
+            if fields is not None:
+                return MalformedLine(
+                    number,
+                    _strip_eol(text),
+                    f"wrong field count: expected {width}, found {len(fields)}",
+                )
             break
     lines.push_back(consumed)
     return None
