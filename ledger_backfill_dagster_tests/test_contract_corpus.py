@@ -725,6 +725,19 @@ def test_corpus_every_line_gets_its_outcome(corpus_env, database_url: str) -> No
         line for line, r in rejects.items() if r["partition_key"] is None
     }
 
+    # Another run over one day: rows of no partition are still quarantined once, and the
+    # other days' rejects are left as they were.
+    assert materialize_range(DAYS[1], DAYS[1]).success
+    with psycopg.connect(database_url) as conn:
+        again = _rejects(conn)
+        assert conn.execute("SELECT count(*) FROM ledger_backfill_rejects").fetchone()[0] == len(
+            rejects
+        )
+        assert {k: (r["partition_key"], r["reasons"]) for k, r in again.items()} == {
+            k: (r["partition_key"], r["reasons"]) for k, r in rejects.items()
+        }
+        assert len(_entries(conn)) == len(entries)
+
 
 def _report_lines(path: Path) -> set[int]:
     with path.open(newline="", encoding="utf-8") as handle:
