@@ -221,7 +221,13 @@ class ApiSource(PagedHttpSource):
         return self.explicit_source_id or f"api:{self.where()}/entries"
 
     def fingerprint(self) -> str:
-        parts = [self.where(), json.dumps(self.column_map, sort_keys=True), self.source_timezone]
+        # The page size is part of it: a saved cursor may only mean something at that size.
+        parts = [
+            self.where(),
+            json.dumps(self.column_map, sort_keys=True),
+            self.source_timezone,
+            self.page_size,
+        ]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
     def fetch_page(

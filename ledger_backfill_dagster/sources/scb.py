@@ -91,7 +91,8 @@ class ScbSource(PagedHttpSource):
         return f"sovereign-banks/{quote(self.sovereign_bank_id, safe='')}"
 
     def fingerprint(self) -> str:
-        parts = [self.where(), self.sovereign_bank_id, self.source_timezone]
+        # The page size is part of it: page N only means the same rows at the same size.
+        parts = [self.where(), self.sovereign_bank_id, self.source_timezone, self.page_size]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
     def fetch_page(
