@@ -121,7 +121,7 @@ class LedgerEntrySource(pa.DataFrameModel):
         point = s.str.find(".")
         return _flag(point.where(point >= 0, s.str.len()) <= MAX_INTEGER_DIGITS)
 
-    @pa.check("currency_code", name="currencyCode: not an ISO 4217 code")
+    @pa.check("currency_code", name="currencyCode: not an ISO 4217 currency")
     def currency_known(cls, s: pd.Series) -> pd.Series:
         return _flag(s.isin(list(minor_units_table())))
 

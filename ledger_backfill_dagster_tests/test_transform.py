@@ -93,7 +93,7 @@ def test_every_reason_of_a_row_is_given_in_rule_order() -> None:
     _, rejects = split(frame)
     assert rejects["reasons"].iloc[0] == [
         "amount: not a plain decimal greater than zero",
-        "currencyCode: not an ISO 4217 code",
+        "currencyCode: not an ISO 4217 currency",
         "assetType: not one of fiat, cbdc, commodity, security",
         "transactionType: empty",
         "currencyCode: differs from the debit account's currency",
