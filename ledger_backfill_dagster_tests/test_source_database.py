@@ -373,3 +373,16 @@ def test_a_completed_day_is_kept_until_the_source_changes(source_url, tmp_path) 
     assert late.rows_by_partition["2024-01-02"] == 1001
     ids = pq.read_table(late.staged["2024-01-02"], columns=["source_row_id"]).column(0)
     assert len(set(ids.to_pylist())) == 1001 and max(ids.to_pylist()) == 3001
+
+
+def test_the_source_url_password_is_never_shown(tmp_path) -> None:
+    url = "postgresql://migrator:s3cret-pw@127.0.0.1:1/legacy"  # nothing listens on port 1
+    source = DatabaseSource(
+        url=url, table="ledger_entries_legacy", max_retries=1, retry_delay_ms=10
+    )
+    assert source.source_id == "database:127.0.0.1:1/legacy/ledger_entries_legacy"
+    assert "s3cret" not in repr(source)
+    with pytest.raises(ConnectionError) as failure:
+        source.extract(["2024-01-01"], tmp_path)
+    assert "still failing after 2 attempt(s)" in str(failure.value)
+    assert "s3cret" not in str(failure.value)
