@@ -51,6 +51,11 @@ class StageStore:
             )
         return pd.read_parquet(target)
 
+    def row_count(self, source_key: str, stage: str, partition_key: str) -> int:
+        """Rows of a stage frame, from the Parquet footer (without reading the data)."""
+        target = self.path(source_key, stage, partition_key)
+        return pq.ParquetFile(target).metadata.num_rows if target.exists() else 0
+
     def write_pointer(
         self, source_key: str, partition_key: str, staged: Path | None, rows: int
     ) -> None:

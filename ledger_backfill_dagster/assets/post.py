@@ -1,6 +1,7 @@
 """Stage 4, Batch Processor + Ledger Posting Module: post each partition exactly once."""
 
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
@@ -79,19 +80,19 @@ def posted_batches(
     run_started = datetime.now(UTC)
     with ledger_db.connection() as conn:
         rejected = dict(conn.execute(REJECTS_BY_PARTITION, (s.source.source_id, s.keys)).fetchall())
-    plans = []
-    for key in s.keys:
-        entries = s.store.read_frame(s.source.source_key, "validated", key)
-        plans.append(
-            PartitionPlan(
-                source_id=s.source.source_id,
-                source_type=s.source.source_type,
-                partition_key=key,
-                run_id=s.run_id,
-                entries=entries,
-                rejected=int(rejected.get(key, 0)),
-            )
+
+    # Plans load their entries only when their partition is posted: a run's memory follows one
+    # partition (times PARALLEL_WORKERS), not the whole range.
+    def plan_for(key: str) -> PartitionPlan:
+        return PartitionPlan(
+            source_id=s.source.source_id,
+            source_type=s.source.source_type,
+            partition_key=key,
+            run_id=s.run_id,
+            entries=s.store.read_frame(s.source.source_key, "validated", key),
+            rejected=int(rejected.get(key, 0)),
         )
+
     options = PostingOptions(
         batch_size=settings.batch_size,
         skip_duplicates=settings.skip_duplicates,
@@ -101,13 +102,15 @@ def posted_batches(
         retry_delay_ms=settings.retry_delay_ms,
         force_redo=settings.force_redo,
     )
-    progress = _Progress(context, sum(len(p.entries) for p in plans))
+    progress = _Progress(
+        context, sum(s.store.row_count(s.source.source_key, "validated", k) for k in s.keys)
+    )
     probe = pause_requested(run_started, s.source.source_id)
 
-    def post(plan: PartitionPlan) -> PostingOutcome:
-        return post_partition(ledger_db.connect, plan, options, probe, progress)
+    def post(key: str) -> PostingOutcome:
+        return post_partition(ledger_db.connect, plan_for(key), options, probe, progress)
 
-    outcomes = _post_all(plans, post, settings.parallel_workers)
+    outcomes = _post_all(s.keys, post, settings.parallel_workers)
     # Each partition's materialization carries its own numbers (same keys as the run's totals,
     # which they override), so the UI's plots show them across partitions, not the run's sums.
     for outcome in outcomes:
@@ -148,12 +151,14 @@ def partition_metadata(o: PostingOutcome) -> dict[str, dg.MetadataValue]:
     }
 
 
-def _post_all(plans, post, workers: int) -> list[PostingOutcome]:
+def _post_all(
+    keys: list[str], post: Callable[[str], PostingOutcome], workers: int
+) -> list[PostingOutcome]:
     try:
         if workers <= 1:
-            return [post(plan) for plan in plans]
+            return [post(key) for key in keys]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") as pool:
-            futures = [pool.submit(post, plan) for plan in plans]
+            futures = [pool.submit(post, key) for key in keys]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for future in pending:
                 future.cancel()
