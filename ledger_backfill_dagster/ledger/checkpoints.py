@@ -119,6 +119,10 @@ def _checkpoint(row: dict) -> Checkpoint:
     )
 
 
+# Advance by one batch, in the batch's own transaction. Guarded by the last row the poster knows
+# was committed: when a COMMIT went through but its acknowledgement was lost (connection cut,
+# server restart) the retried batch finds the checkpoint already past it and updates nothing,
+# so the counters are never advanced twice (see posting.py).
 ADVANCE = """
 UPDATE ledger_backfill_checkpoints
    SET last_processed_id = %(last_id)s,
@@ -131,6 +135,7 @@ UPDATE ledger_backfill_checkpoints
        batches_committed = batches_committed + 1,
        last_checkpoint_at = NOW()
  WHERE id = %(id)s
+   AND last_processed_id IS NOT DISTINCT FROM %(previous_last_id)s
 """
 
 

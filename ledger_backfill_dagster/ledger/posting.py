@@ -81,6 +81,9 @@ class PostingOptions:
     max_retries: int = 3
     retry_delay_ms: int = 1000
     force_redo: bool = False
+    # How long to wait for the partition's lock: a killed run's session can hold it until the
+    # server notices the client is gone (client_connection_check_interval, below).
+    partition_lock_wait_seconds: float = 30.0
 
 
 @dataclass
@@ -170,6 +173,7 @@ class PartitionPoster:
         self.conn: psycopg.Connection | None = None
         self.outcome = PostingOutcome(plan.source_id, plan.partition_key, status="IN_PROGRESS")
         self.checkpoint: checkpoints.Checkpoint | None = None
+        self._committed_last_id: str | None = None  # last row of the last committed batch
 
     # -- connection ---------------------------------------------------------------------------
     def _lock_key(self) -> str:
@@ -180,13 +184,22 @@ class PartitionPoster:
             return self.conn
         self._close()
         conn = self.connect()
-        locked = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self._lock_key(),)
-        ).fetchone()
-        conn.commit()
-        if not locked or not locked[0]:
+        if conn.info.server_version >= 140000:
+            # A session whose client died (SIGKILL, lost host) ends within a second even while
+            # it waits on a lock, releasing its partition lock and account locks.
+            conn.execute("SELECT set_config('client_connection_check_interval', '1000', false)")
+        wait_ms = int(self.options.partition_lock_wait_seconds * 1000)
+        try:
+            conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{wait_ms}ms",))
+            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (self._lock_key(),))
+            conn.execute("RESET lock_timeout")
+            conn.commit()
+        except pgerrors.LockNotAvailable:
             conn.close()
-            raise PartitionBusyError(self.plan.source_id, self.plan.partition_key)
+            raise PartitionBusyError(self.plan.source_id, self.plan.partition_key) from None
+        except BaseException:
+            conn.close()
+            raise
         conn.execute(query("create_post_stage"))
         conn.commit()
         self.conn = conn
@@ -234,7 +247,9 @@ class PartitionPoster:
                 for attempt in self._retrying():
                     with attempt:
                         self._post_batch(number, batch)
-                self._after_batch(number)
+                for attempt in self._retrying():
+                    with attempt:
+                        self._after_batch(number)
             self._complete()
         except PausedError as exc:
             self._finish(checkpoints.PAUSED, str(exc))
@@ -266,6 +281,8 @@ class PartitionPoster:
             force_redo=self.options.force_redo,
         )
         self.checkpoint = checkpoint
+        last = checkpoint.last_processed_id
+        self._committed_last_id = None if last is None else str(last)
         self.outcome.rejected = self.plan.rejected
         self.outcome.to_process = len(self.plan.entries)
         self.outcome.resumed_after = checkpoint.last_processed_id
@@ -291,6 +308,8 @@ class PartitionPoster:
             "partition_key": self.plan.partition_key,
             "run_id": self.plan.run_id,
         }
+        last_id = str(int(batch["source_row_id"].iloc[-1]))
+        committed_before = False
         with conn.transaction(), conn.cursor() as cur:
             with cur.copy(
                 "COPY post_stage (" + ", ".join(POSTABLE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
@@ -345,13 +364,29 @@ class PartitionPoster:
                 checkpoints.ADVANCE,
                 {
                     "id": self.checkpoint.id,
-                    "last_id": str(int(batch["source_row_id"].iloc[-1])),
+                    "previous_last_id": self._committed_last_id,
+                    "last_id": last_id,
                     "last_ts": batch["timestamp_utc"].max().tz_convert(None).to_pydatetime(),
                     "processed": len(batch),
                     "successful": posted + already,
                     "duplicates": len(duplicates),
                     "conflicts": len(conflicts),
                 },
+            )
+            if cur.rowcount != 1:
+                # This batch committed before, but the acknowledgement of its COMMIT was lost
+                # and the batch was retried: it found every row ALREADY_POSTED. Roll the retry
+                # back (it changed nothing) instead of counting the batch twice.
+                self._assert_committed_before(cur, number, last_id)
+                committed_before = True
+                raise psycopg.Rollback()
+        self._committed_last_id = last_id
+        if committed_before:
+            log.warning(
+                "partition %s: batch %d had committed before its acknowledgement was lost;"
+                " not counted twice",
+                self.plan.partition_key,
+                number,
             )
         t2 = time.perf_counter()
         stats = BatchStats(
@@ -365,6 +400,19 @@ class PartitionPoster:
         self.outcome.touched_accounts |= wanted
         if self.on_batch:
             self.on_batch(self.outcome, stats)
+
+    def _assert_committed_before(self, cur: psycopg.Cursor, number: int, last_id: str) -> None:
+        assert self.checkpoint is not None
+        row = cur.execute(
+            "SELECT last_processed_id FROM ledger_backfill_checkpoints WHERE id = %s",
+            (self.checkpoint.id,),
+        ).fetchone()
+        if row is None or row[0] != last_id:
+            raise InvariantError(
+                f"batch {number}: the checkpoint of partition {self.plan.partition_key} moved "
+                f"under this run (expected after row {self._committed_last_id}, found "
+                f"{row[0] if row else 'no checkpoint'})"
+            )
 
     def _after_batch(self, number: int) -> None:
         conn = self._ensure_connection()
