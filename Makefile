@@ -11,12 +11,14 @@ DEMO_DAYS ?= 31
 DEMO_START ?= 2024-01-01
 DEMO_END ?= 2024-01-31
 PORT ?= 3000
+# The UI listens on loopback only; UI_HOST=0.0.0.0 exposes it (put an authenticating proxy in front).
+UI_HOST ?= 127.0.0.1
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export DAGSTER_HOME := $(DAGSTER_HOME_DIR)
 export LEDGER_BACKFILL_HOME := $(STATE)
 
-.PHONY: setup demo test ui lint format bench clean dagster-home
+.PHONY: setup demo test ui lint format bench clean dagster-home status
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,7 +48,10 @@ test: setup
 ui: setup
 	BACKFILL_SOURCE_FILE=$${BACKFILL_SOURCE_FILE:-$(DEMO_DIR)/ledger_export.csv} \
 	ACCOUNTS_FILE=$${ACCOUNTS_FILE:-$(DEMO_DIR)/accounts.csv} \
-	  $(BIN)/dagster dev -h 127.0.0.1 -p $(PORT) -w workspace.yaml
+	  $(BIN)/dagster dev -h $(UI_HOST) -p $(PORT) -w workspace.yaml
+
+status: setup
+	$(BIN)/ledger-backfill status
 
 lint: setup
 	$(BIN)/ruff check .

@@ -146,7 +146,7 @@ def dagster_dev(tmp_path: Path, secret_url: str) -> Iterator[Dagster]:
 def _stop_group(process: subprocess.Popen) -> None:
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
