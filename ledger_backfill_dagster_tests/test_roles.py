@@ -168,3 +168,64 @@ def test_roles_command(database_url: str, pg_admin_url: str, backfill_env, capsy
             pg_admin_url,
             [f"{prefix}ledger_reader", f"{prefix}ledger_backfill", f"{prefix}ledger_rollback"],
         )
+
+
+def test_rollback_job_needs_the_rollback_role(
+    roles: RoleNames,
+    database_url: str,
+    pg_admin_url: str,
+    tmp_path: Path,
+    backfill_env,
+    monkeypatch,
+) -> None:
+    """The real rollback job: refused with the backfill role's credentials, done with the
+    rollback role's."""
+    import dagster as dg
+
+    from ledger_backfill_dagster.maintenance_jobs import rollback_job
+    from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+
+    data = generate(tmp_path / "data", entries=600, days=2, accounts=12, start=date(2024, 1, 1))
+    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(data.entries_file))
+    monkeypatch.setenv("ACCOUNTS_FILE", str(data.accounts_file))
+    assert materialize_range("2024-01-01", "2024-01-02").success
+    run_config = {
+        "ops": {
+            "rollback_backfill": {
+                "config": {
+                    "source_id": str(data.entries_file),
+                    "partition_start": "2024-01-02",
+                    "method": "delete",
+                    "dry_run": False,
+                    "reason": "test: least privilege",
+                }
+            }
+        }
+    }
+
+    def rollback_as(url: str) -> dg.ExecuteInProcessResult:
+        job = dg.Definitions(
+            jobs=[rollback_job], resources={"ledger_db": LedgerDatabase(database_url=url)}
+        ).resolve_job_def("rollback_job")
+        with dg.instance_for_test() as instance:
+            return job.execute_in_process(
+                run_config=run_config, instance=instance, raise_on_error=False
+            )
+
+    def count() -> int:
+        with psycopg.connect(database_url) as conn:
+            return conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0]
+
+    prefix = roles.backfill.removesuffix("ledger_backfill")
+    with login_role(database_url, pg_admin_url, f"{prefix}poster", "pw-b", roles.backfill) as url:
+        refused = rollback_as(url)
+    assert not refused.success
+    failures = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "permission denied" in str(failures[0].event_specific_data.error)
+    assert count() == 600
+    with login_role(database_url, pg_admin_url, f"{prefix}undoer", "pw-r", roles.rollback) as url:
+        done = rollback_as(url)
+    assert done.success
+    assert count() == 300
+    with psycopg.connect(database_url) as conn:
+        assert_ledger_invariants(conn)
