@@ -5,12 +5,15 @@ vectorized rule verdicts and Pandera's own lazy validation."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
 import pandera.pandas as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger_backfill_dagster.contract import LedgerEntrySource, as_contract_frame
 from ledger_backfill_dagster.currencies import convert, is_currency, places
@@ -28,7 +31,13 @@ from ledger_backfill_dagster.timestamps import (
     UNPARSEABLE,
     parse_utc,
 )
-from ledger_backfill_dagster.transform import TransformRules, load_mapping, transform
+from ledger_backfill_dagster.transform import (
+    TransformRules,
+    generated_reference,
+    generated_references,
+    load_mapping,
+    transform,
+)
 from ledger_backfill_dagster.validation import ContractError, reasons_by_row, split
 from ledger_backfill_dagster_tests import test_contract_corpus as corpus
 
@@ -215,6 +224,53 @@ def test_generated_reference_ids_depend_only_on_canonical_content() -> None:
     assert ids[3] == ids[4]  # ids are generated after account mapping
     assert again == list(reversed(ids))
     assert all(i.startswith("BACKFILL-") and len(i) == 41 for i in ids)
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {
+                "ledger_id": st.one_of(st.none(), TEXT),
+                "debit_account_id": TEXT,
+                "credit_account_id": st.sampled_from(["U1", "U2", "é"]),
+                "amount": st.one_of(st.none(), TEXT, st.decimals(allow_nan=False).map(str)),
+                "currency_code": TEXT,
+                "asset_type": st.sampled_from(["fiat", "cbdc"]),
+                "transaction_type": TEXT,
+                "timestamp_utc": st.one_of(
+                    st.none(),
+                    st.datetimes(
+                        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)
+                    ).map(lambda d: pd.Timestamp(d, tz="UTC")),
+                ),
+                "fx_rate": st.one_of(st.none(), st.sampled_from(["1", "1.50", "x", "1e2"])),
+                "metadata": st.one_of(
+                    st.none(),
+                    st.dictionaries(TEXT, st.one_of(st.integers(), TEXT), max_size=3).map(
+                        json.dumps
+                    ),
+                    TEXT,
+                ),
+            }
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_vectorized_reference_ids_equal_the_definition(rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows)
+    for column in frame.columns:
+        if column != "timestamp_utc":
+            frame[column] = frame[column].astype("string")
+    frame["timestamp_utc"] = pd.to_datetime(frame["timestamp_utc"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
+    expected = [generated_reference(row) for row in frame.itertuples(index=False)]
+    assert list(generated_references(frame)) == expected
 
 
 def test_given_reference_ids_are_kept_verbatim() -> None:
