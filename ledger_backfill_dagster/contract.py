@@ -24,6 +24,7 @@ UNIT_RATE = r"0*1(?:\.0+)?"
 METADATA_NOT_JSON = "not valid JSON"
 METADATA_NUL = "\\u0000, a NUL character"
 METADATA_SURROGATE = "an unpaired UTF-16 surrogate escape"
+METADATA_TOO_DEEP = "nested too deeply to check"
 METADATA_UNSTORABLE = (METADATA_NUL, METADATA_SURROGATE)
 MAX_INTEGER_DIGITS = 24
 TEXT_FIELDS = (

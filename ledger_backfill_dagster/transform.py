@@ -24,6 +24,7 @@ from ledger_backfill_dagster.contract import (
     METADATA_NOT_JSON,
     METADATA_NUL,
     METADATA_SURROGATE,
+    METADATA_TOO_DEEP,
     PLAIN_DECIMAL,
 )
 from ledger_backfill_dagster.currencies import convert
@@ -179,16 +180,18 @@ def _parse_object(text: str, has_escape: bool) -> tuple[dict | None, str | None]
     """(the object, None) or (None, what is wrong with it)."""
     try:
         document = json.loads(text, parse_constant=_reject_constant)
+        if not isinstance(document, dict):
+            return None, _JSON_KINDS.get(type(document), "not an object")
+        if has_escape:  # only escapes can smuggle in what JSONB refuses
+            strings = list(_strings(document))
+            if any("\x00" in value for value in strings):
+                return None, METADATA_NUL
+            if any(_SURROGATE.search(value) for value in strings):
+                return None, METADATA_SURROGATE
+    except RecursionError:  # PostgreSQL would take it, but we could not check it
+        return None, METADATA_TOO_DEEP
     except ValueError:
         return None, METADATA_NOT_JSON
-    if not isinstance(document, dict):
-        return None, _JSON_KINDS.get(type(document), "not an object")
-    if has_escape:  # only escapes can smuggle in what JSONB refuses
-        strings = list(_strings(document))
-        if any("\x00" in value for value in strings):
-            return None, METADATA_NUL
-        if any(_SURROGATE.search(value) for value in strings):
-            return None, METADATA_SURROGATE
     return document, None
 
 
@@ -347,5 +350,5 @@ def _canonical_json(value: object) -> object:
         return None
     try:
         return json.dumps(json.loads(str(value)), sort_keys=True, separators=(",", ":"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return str(value)

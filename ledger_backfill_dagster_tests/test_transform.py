@@ -17,6 +17,12 @@ from hypothesis import strategies as st
 
 from ledger_backfill_dagster.contract import LedgerEntrySource, as_contract_frame
 from ledger_backfill_dagster.currencies import convert, is_currency, places
+from ledger_backfill_dagster.sources.csv_reader import (
+    HeaderError,
+    MalformedLine,
+    Record,
+    read_records,
+)
 from ledger_backfill_dagster.sources.layout import (
     CANONICAL_FIELDS,
     LayoutError,
@@ -302,6 +308,7 @@ def test_given_reference_ids_are_kept_verbatim() -> None:
         ('{"a": "\\udc00"}', "an unpaired UTF-16 surrogate escape"),
         ('{"a": "\\ud83d\\ude00"}', None),  # a proper pair is an emoji
         ('{"a": "\\\\u0000"}', None),  # an escaped backslash, then text
+        ('{"a":' * 5000 + "1" + "}" * 5000, "nested too deeply to check"),
     ],
 )
 def test_metadata_must_be_a_storable_json_object(text: str, problem: str | None) -> None:
@@ -392,6 +399,23 @@ def test_timestamps(text: str, utc: str | None, reason: str | None) -> None:
     else:
         assert parsed.iloc[0].isoformat() == utc
     assert (None if pd.isna(reasons.iloc[0]) else reasons.iloc[0]) == reason
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def test_reader_keeps_crlf_inside_quotes_and_refuses_an_unreadable_header(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_bytes(b'a,b,c\r\n1,"x\r\ny",3\r\n4,"p\nq,r",5,6\n7,8,9\n')
+    header, items = read_records(path)
+    items = list(items)
+    assert items[0] == Record(2, ["1", "x\r\ny", "3"])
+    assert isinstance(items[1], MalformedLine) and items[1].line_number == 4
+    assert "expected 3, found 4" in items[1].reason  # closed quote, wrong width: one record
+    assert items[2] == Record(6, ["7", "8", "9"])
+    path.write_bytes(b"a,b\r1,2\r3,4")  # classic Mac line endings: one line
+    with pytest.raises(HeaderError, match="cannot be read"):
+        read_records(path)
 
 
 # --- layouts ----------------------------------------------------------------------------------

@@ -105,7 +105,11 @@ def read_records(path: Path) -> tuple[list[str], Iterator[Record | MalformedLine
         text = _strip_eol(text)
         if not text.strip():
             continue
-        header = next(csv.reader([text]))
+        try:
+            header = next(csv.reader([text], strict=True))
+        except csv.Error as exc:
+            handle.close()
+            raise HeaderError(f"{path}: line {number}: the header cannot be read: {exc}") from exc
         break
     if header is None:
         handle.close()
