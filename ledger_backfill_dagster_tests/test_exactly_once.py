@@ -385,7 +385,8 @@ def test_balance_nudged_mid_run_stops_it_failed_naming_the_account(
 
 @pytest.fixture
 def subprocess_backfill(tmp_path: Path, backfill_env: dict[str, str]):
-    data = generate(tmp_path / "data", entries=20_000, days=1, accounts=20, start=date(2024, 1, 1))
+    """20,000 entries over two days, 200 per batch: 50 batches per partition."""
+    data = generate(tmp_path / "data", entries=20_000, days=2, accounts=20, start=date(2024, 1, 1))
     return data, {
         **backfill_env,
         "BACKFILL_SOURCE_FILE": str(data.entries_file),
@@ -408,13 +409,26 @@ def _ledger_cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
+def _batches(conn: psycopg.Connection) -> int:
+    return sum(s.batches for s in checkpoints(conn).values())
+
+
+def _assert_stopped_cleanly(conn: psycopg.Connection, status: str) -> None:
+    states = checkpoints(conn)
+    assert states and {s.status for s in states.values()} == {status}, states
+    assert sum(s.batches for s in states.values()) < 100
+    ledger = conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0]
+    assert ledger == sum(s.processed for s in states.values())
+
+
 def _assert_resumes_to_completion(tmp_path, env, conn, data, name: str) -> None:
-    again = Backfill(DAY1, DAY1, env, tmp_path / f"{name}.log")
+    again = Backfill(DAY1, DAY2, env, tmp_path / f"{name}.log")
     assert again.wait(300) == 0, again.tail()
-    state = checkpoints(conn)[DAY1]
-    assert state.status == "COMPLETED"
-    assert state.processed == state.successful == 20_000
-    assert state.batches == 100  # every batch committed exactly once
+    states = checkpoints(conn)
+    assert {k: s.status for k, s in states.items()} == {DAY1: "COMPLETED", DAY2: "COMPLETED"}
+    assert sum(s.processed for s in states.values()) == 20_000
+    assert sum(s.successful for s in states.values()) == 20_000
+    assert sum(s.batches for s in states.values()) == 100  # every batch committed exactly once
     assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 20_000
     assert _nonzero(balances(conn)) == _nonzero(expected_balances(data.entries_file))
     assert_ledger_invariants(conn)
@@ -425,21 +439,14 @@ def test_pause_from_the_cli_stops_after_the_current_batch_and_resume_completes(
     tmp_path: Path, subprocess_backfill, conn: psycopg.Connection
 ) -> None:
     data, env = subprocess_backfill
-    run = Backfill(DAY1, DAY1, env, tmp_path / "paused.log")
-    wait_until(
-        lambda: DAY1 in checkpoints(conn) and checkpoints(conn)[DAY1].batches >= 3,
-        180,
-        "posting",
-        run,
-    )
+    run = Backfill(DAY1, DAY2, env, tmp_path / "paused.log")
+    wait_until(lambda: _batches(conn) >= 3, 180, "posting", run)
     _ledger_cli(env, "pause")
-    at_request = checkpoints(conn)[DAY1].batches
+    at_request = _batches(conn)
     assert run.wait(120) != 0
-    assert "PAUSED" in run.output()
-    state = checkpoints(conn)[DAY1]
-    assert state.status == "PAUSED"
-    assert at_request <= state.batches <= at_request + 1 < 100  # the batch in flight, no more
-    assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == state.processed
+    assert "PAUSED" in run.output()  # the Dagster failure says why the run stopped
+    _assert_stopped_cleanly(conn, "PAUSED")
+    assert at_request <= _batches(conn) <= at_request + 1  # the batch in flight, no more
     message = conn.execute("SELECT error_message FROM ledger_backfill_checkpoints").fetchone()[0]
     assert "paused on request" in message
 
@@ -448,22 +455,20 @@ def test_pause_from_the_cli_stops_after_the_current_batch_and_resume_completes(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_terminate_leaves_a_resumable_checkpoint(
-    tmp_path: Path, subprocess_backfill, conn: psycopg.Connection, sig: int
+@pytest.mark.parametrize(
+    ("sig", "workers"),
+    [(signal.SIGTERM, "1"), (signal.SIGINT, "1"), (signal.SIGTERM, "2")],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-2-workers"],
+)
+def test_terminate_pauses_the_run_and_a_rerun_resumes(
+    tmp_path: Path, subprocess_backfill, conn: psycopg.Connection, sig: int, workers: str
 ) -> None:
     data, env = subprocess_backfill
-    run = Backfill(DAY1, DAY1, env, tmp_path / "terminated.log")
-    wait_until(
-        lambda: DAY1 in checkpoints(conn) and checkpoints(conn)[DAY1].batches >= 3,
-        180,
-        "posting",
-        run,
-    )
+    env = {**env, "PARALLEL_WORKERS": workers}
+    run = Backfill(DAY1, DAY2, env, tmp_path / "terminated.log")
+    wait_until(lambda: _batches(conn) >= 3, 180, "posting", run)
     run.proc.send_signal(sig)  # what Dagster's Terminate does to the run worker
-    assert run.wait(120) != 0
-    state = checkpoints(conn)[DAY1]
-    assert state.status == "PAUSED", (state, run.tail())
-    assert state.batches < 100
-    assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == state.processed
+    assert run.wait(120) != 0, "the run carried on after it was terminated"
+    assert "PAUSED" in run.output()
+    _assert_stopped_cleanly(conn, "PAUSED")
     _assert_resumes_to_completion(tmp_path, env, conn, data, "resumed")

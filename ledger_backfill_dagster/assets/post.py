@@ -1,5 +1,6 @@
 """Stage 4, Batch Processor + Ledger Posting Module: post each partition exactly once."""
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -106,11 +107,12 @@ def posted_batches(
         context, sum(s.store.row_count(s.source.source_key, "validated", k) for k in s.keys)
     )
     probe = pause_requested(run_started, s.source.source_id)
+    stop = threading.Event()  # set on Terminate: every partition stops after its current batch
 
     def post(key: str) -> PostingOutcome:
-        return post_partition(ledger_db.connect, plan_for(key), options, probe, progress)
+        return post_partition(ledger_db.connect, plan_for(key), options, probe, progress, stop)
 
-    outcomes = _post_all(s.keys, post, settings.parallel_workers)
+    outcomes = _post_all(s.keys, post, settings.parallel_workers, stop)
     # Each partition's materialization carries its own numbers (same keys as the run's totals,
     # which they override), so the UI's plots show them across partitions, not the run's sums.
     for outcome in outcomes:
@@ -152,14 +154,32 @@ def partition_metadata(o: PostingOutcome) -> dict[str, dg.MetadataValue]:
 
 
 def _post_all(
-    keys: list[str], post: Callable[[str], PostingOutcome], workers: int
+    keys: list[str],
+    post: Callable[[str], PostingOutcome],
+    workers: int,
+    stop: threading.Event | None = None,
 ) -> list[PostingOutcome]:
     try:
         if workers <= 1:
-            return [post(key) for key in keys]
+            try:
+                return [post(key) for key in keys]
+            except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as exc:
+                # Between partitions; inside one, the poster turns it into PausedError itself.
+                raise PausedError("interrupted (run terminated); re-run to resume") from exc
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") as pool:
             futures = [pool.submit(post, key) for key in keys]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException as exc:  # Terminate / Ctrl-C land in this thread, not a worker's
+                if stop is not None:
+                    stop.set()
+                for future in futures:
+                    future.cancel()
+                wait(futures)
+                raise PausedError(
+                    "interrupted (run terminated): partitions in flight stopped after their "
+                    "current batch; re-run to resume"
+                ) from exc
             for future in pending:
                 future.cancel()
             return [f.result() for f in futures if not f.cancelled()]

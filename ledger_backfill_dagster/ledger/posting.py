@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,12 +165,14 @@ class PartitionPoster:
         options: PostingOptions,
         pause_probe: PauseProbe | None = None,
         on_batch: ProgressHook | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.connect = connect
         self.plan = plan
         self.options = options
         self.pause_probe = pause_probe
         self.on_batch = on_batch
+        self.stop = stop  # set when the run is terminated: stop after the current batch
         self.conn: psycopg.Connection | None = None
         self.outcome = PostingOutcome(plan.source_id, plan.partition_key, status="IN_PROGRESS")
         self.checkpoint: checkpoints.Checkpoint | None = None
@@ -258,7 +261,11 @@ class PartitionPoster:
             if isinstance(exc, KeyboardInterrupt) or type(exc).__name__.endswith(
                 "InterruptedError"
             ):
-                self._finish(checkpoints.PAUSED, "interrupted; re-run the partition to resume")
+                # Terminate (UI), SIGTERM or Ctrl-C: a pause, not a failure to retry. Raised as
+                # PausedError so the step's RetryPolicy does not quietly carry on posting.
+                message = "interrupted (run terminated); re-run the partition to resume"
+                self._finish(checkpoints.PAUSED, message)
+                raise PausedError(f"partition {self.plan.partition_key}: {message}") from exc
             elif not isinstance(exc, PartitionBusyError):
                 self._finish(checkpoints.FAILED, f"{type(exc).__name__}: {exc}")
             raise
@@ -418,6 +425,11 @@ class PartitionPoster:
         conn = self._ensure_connection()
         if self.options.validate_balances and number % self.options.checkpoint_interval == 0:
             self._check_balances(conn)
+        if self.stop is not None and self.stop.is_set():
+            raise PausedError(
+                f"partition {self.plan.partition_key}: stopped after batch {number} because the "
+                "run was terminated; re-run the partition to resume"
+            )
         if self.pause_probe is not None:
             paused = self.pause_probe(conn)
             conn.commit()
@@ -488,5 +500,6 @@ def post_partition(
     options: PostingOptions,
     pause_probe: PauseProbe | None = None,
     on_batch: ProgressHook | None = None,
+    stop: threading.Event | None = None,
 ) -> PostingOutcome:
-    return PartitionPoster(connect, plan, options, pause_probe, on_batch).run()
+    return PartitionPoster(connect, plan, options, pause_probe, on_batch, stop).run()
