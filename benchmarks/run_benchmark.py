@@ -421,6 +421,32 @@ def timed_binary_copy(url: str, table: pa.Table) -> float:
         return time.perf_counter() - t0
 
 
+def strip_ledger_table(url: str, indexes: bool) -> list[str]:
+    """Drop ledger_entries' foreign keys (and its non-unique indexes) to price them."""
+    dropped = []
+    with psycopg.connect(url) as conn:
+        fks = conn.execute(
+            "SELECT conname FROM pg_constraint"
+            " WHERE conrelid = 'ledger_entries'::regclass AND contype = 'f' ORDER BY 1"
+        ).fetchall()
+        for (name,) in fks:
+            conn.execute(
+                sql.SQL("ALTER TABLE ledger_entries DROP CONSTRAINT {}").format(
+                    sql.Identifier(name)
+                )
+            )
+        dropped.append(f"{len(fks)} FKs")
+        if indexes:
+            plain = conn.execute(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid = 'ledger_entries'::regclass AND NOT i.indisunique ORDER BY 1"
+            ).fetchall()
+            for (name,) in plain:
+                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+            dropped.append(f"{len(plain)} non-unique indexes")
+    return dropped
+
+
 def bench_copy(server: Server, data: Dataset, binary: bool) -> dict[str, Any]:
     table = copy_table(data)
     payload = csv_payload(table)
@@ -435,6 +461,21 @@ def bench_copy(server: Server, data: Dataset, binary: bool) -> dict[str, Any]:
         f"  COPY (csv) into ledger_entries (FKs, checks, 5 indexes): {n:,} rows in "
         f"{seconds:.2f} s = {fmt_rate(results['ledger']['rate'])}"
     )
+
+    for label, strip_indexes in (("no_fk", False), ("unique_only", True)):
+        with server.database(f"copy{label.replace('_', '')}") as url:
+            prepare_ledger(url, data.accounts_file)
+            dropped = strip_ledger_table(url, strip_indexes)
+            seconds = timed_copy(url, "ledger_entries", payload)
+            results[f"ledger_{label}"] = {
+                "seconds": seconds,
+                "rate": rate(n, seconds),
+                "dropped": dropped,
+            }
+        say(
+            f"  COPY (csv) into ledger_entries without {', '.join(dropped) or 'nothing'}: "
+            f"{seconds:.2f} s = {fmt_rate(results[f'ledger_{label}']['rate'])}"
+        )
 
     with server.database("copybare") as url:
         with psycopg.connect(url) as conn:
@@ -1170,6 +1211,12 @@ def summary(results: dict[str, Any], rss_points: list[tuple[int, E2E]], args) ->
         ("COPY into ledger_entries (the floor)", copy, ""),
     ]
     copies = results.get("copy") or {}
+    for key, name in (
+        ("ledger_no_fk", "COPY into ledger_entries without FKs"),
+        ("ledger_unique_only", "COPY into ledger_entries, only PK + unique"),
+    ):
+        if copies.get(key):
+            lines.append((name, copies[key]["rate"], ""))
     if copies.get("bare"):
         lines.append(("COPY into a bare table", copies["bare"]["rate"], ""))
     if copies.get("ledger_binary"):
