@@ -625,7 +625,7 @@ def run_dagster(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{label}.log"
     run.log_file = str(log_path)
-    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         command,
@@ -700,7 +700,7 @@ def migrate_instance(env: dict[str, str]) -> float:
     subprocess.run(
         [str(DAGSTER), "instance", "migrate"],
         cwd=REPO,
-        env={**os.environ, **env},
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
         check=True,
         capture_output=True,
         text=True,
@@ -888,6 +888,7 @@ def bench_resume(
         child = subprocess.Popen(
             [sys.executable, __file__, CHILD_FLAG, url, str(path), key, str(batch_size)],
             cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -980,6 +981,8 @@ def machine(server: Server) -> dict[str, Any]:
         capture_output=True,
         text=True,
     ).stdout.strip()
+    if not commit:
+        commit, dirty = "unknown (not a git checkout)", ""
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,
