@@ -39,9 +39,16 @@ class _Progress:
         self.done = 0
         self.started = time.perf_counter()
         self.last_logged = 0.0
+        self.lock = threading.Lock()
+
+    def skip(self, rows: int) -> None:
+        """A partition already COMPLETED: its rows are not work left, so not in the ETA."""
+        with self.lock:
+            self.total -= rows
 
     def __call__(self, outcome: PostingOutcome, batch: BatchStats) -> None:
-        self.done += batch.rows
+        with self.lock:
+            self.done += batch.rows
         now = time.perf_counter()
         if now - self.last_logged < 2.0 and self.done < self.total:
             return
@@ -110,7 +117,10 @@ def posted_batches(
     stop = threading.Event()  # set on Terminate: every partition stops after its current batch
 
     def post(key: str) -> PostingOutcome:
-        return post_partition(ledger_db.connect, plan_for(key), options, probe, progress, stop)
+        outcome = post_partition(ledger_db.connect, plan_for(key), options, probe, progress, stop)
+        if outcome.skipped:
+            progress.skip(outcome.to_process)
+        return outcome
 
     outcomes = _post_all(s.keys, post, settings.parallel_workers, stop)
     # Each partition's materialization carries its own numbers (same keys as the run's totals,
