@@ -45,6 +45,7 @@ def validated_entries(
     partition in `unpartitioned.csv`). Bad rows alone never fail the run."""
     s = stage(context, settings)
     valid_total = rejected_total = 0
+    by_partition: list[dict] = []
     reasons: Counter[str] = Counter()
     with ledger_db.connection() as conn:
         for key in s.keys:
@@ -74,6 +75,7 @@ def validated_entries(
             s.store.write_frame(s.source.source_key, "validated", key, valid)
             valid_total += len(valid)
             rejected_total += len(rejects)
+            by_partition.append({"partition": key, "valid": len(valid), "rejected": len(rejects)})
         unpartitioned = pd.DataFrame(
             conn.execute(UNPARTITIONED_REJECTS, (s.source.source_id,)).fetchall(),
             columns=["source_row_id", "source_file", "line_number", "reasons", "raw_row"],
@@ -93,6 +95,7 @@ def validated_entries(
             "dagster/row_count": dg.MetadataValue.int(valid_total),
             "valid": dg.MetadataValue.int(valid_total),
             "rejected": dg.MetadataValue.int(rejected_total),
+            "by_partition": rows_table(by_partition[:500], ["partition", "valid", "rejected"]),
             "rejected_without_partition": dg.MetadataValue.int(len(unpartitioned)),
             "error_reports": dg.MetadataValue.path(
                 str(settings.reports_path / s.source.source_key / "errors")
