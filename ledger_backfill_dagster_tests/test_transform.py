@@ -5,7 +5,8 @@ vectorized rule verdicts and Pandera's own lazy validation."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ledger_backfill_dagster.sources.csv_reader import (
     Record,
     read_records,
 )
+from ledger_backfill_dagster.sources.csv_source import CsvSource
 from ledger_backfill_dagster.sources.layout import (
     CANONICAL_FIELDS,
     LayoutError,
@@ -416,6 +418,27 @@ def test_reader_keeps_crlf_inside_quotes_and_refuses_an_unreadable_header(tmp_pa
     path.write_bytes(b"a,b\r1,2\r3,4")  # classic Mac line endings: one line
     with pytest.raises(HeaderError, match="cannot be read"):
         read_records(path)
+
+
+def test_a_row_rejected_as_future_gets_its_partition_once_its_time_has_come(
+    tmp_path: Path,
+) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=2)
+    rows = [base(timestampUtc=soon.isoformat()), base(timestampUtc="2024-01-02T10:00:00Z")]
+    path = tmp_path / "x.csv"
+    path.write_text(
+        ",".join(CANONICAL_FIELDS)
+        + "\n"
+        + "".join(",".join(r[f] for f in CANONICAL_FIELDS) + "\n" for r in rows)
+    )
+    source = CsvSource(spec=str(path), start_date="2024-01-01")
+    day = soon.strftime("%Y-%m-%d")
+    first = source.extract([day], tmp_path / "staging")
+    assert first.unpartitioned_rejects["reasons"].tolist() == [[LATER_THAN_RUN_START]]
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.1)
+    second = source.extract([day], tmp_path / "staging")
+    assert second.unpartitioned_rejects.empty
+    assert second.rows_by_partition[day] == 1
 
 
 # --- layouts ----------------------------------------------------------------------------------

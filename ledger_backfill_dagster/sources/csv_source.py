@@ -106,6 +106,8 @@ class CsvSource(SourceReader):
         root.mkdir(parents=True, exist_ok=True)
         scan_dir = root / "scans" / self.fingerprint(files)
         with FileLock(str(root / "scan.lock")):
+            if _future_has_come(scan_dir / "manifest.json"):
+                shutil.rmtree(scan_dir)  # rows rejected as "in the future" may be due now
             if not (scan_dir / "manifest.json").exists():
                 self._scan(files, scan_dir)
                 _drop_other_scans(scan_dir)
@@ -133,6 +135,7 @@ class CsvSource(SourceReader):
         run_start = pd.Timestamp(datetime.now(UTC))
         first_day = pd.Timestamp(date.fromisoformat(self.start_date), tz="UTC")
         rejects: list[dict[str, object]] = []
+        future: list[pd.Timestamp] = []
         counts: dict[str, int] = {}
         layouts: dict[str, str] = {}
         rows_read = 0
@@ -152,7 +155,9 @@ class CsvSource(SourceReader):
                     frame = _chunk_frame(chunk, header, layout, path, base, rejects)
                     if frame.empty:
                         continue
-                    frame = _place(frame, self.source_timezone, first_day, run_start, rejects)
+                    frame = _place(
+                        frame, self.source_timezone, first_day, run_start, rejects, future
+                    )
                     for key, n in frame["partition_key"].value_counts().items():
                         counts[str(key)] = counts.get(str(key), 0) + int(n)
                     yield from pa.Table.from_pandas(
@@ -182,11 +187,21 @@ class CsvSource(SourceReader):
             "rows_read": rows_read,
             "rows_by_partition": counts,
             "rejected_unpartitioned": len(reject_frame),
+            "earliest_future": min(future).isoformat() if future else None,
             "scanned_at": datetime.now(UTC).isoformat(),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         shutil.rmtree(scan_dir, ignore_errors=True)
         tmp.rename(scan_dir)
+
+
+def _future_has_come(manifest: Path) -> bool:
+    """A cached scan rejected rows as later than its run's start, and that moment has passed:
+    the scan must be redone so they get their partition."""
+    if not manifest.exists():
+        return False
+    earliest = json.loads(manifest.read_text()).get("earliest_future")
+    return earliest is not None and datetime.now(UTC) >= datetime.fromisoformat(earliest)
 
 
 def _drop_other_scans(current: Path) -> None:
@@ -257,11 +272,16 @@ def _place(
     first_day: pd.Timestamp,
     run_start: pd.Timestamp,
     rejects: list[dict[str, object]],
+    future: list[pd.Timestamp],
 ) -> pd.DataFrame:
-    """Parse timestamps and give each row its UTC day; rows with no partition become rejects."""
+    """Parse timestamps and give each row its UTC day; rows with no partition become rejects.
+    The earliest timestamp rejected as later than the run's start goes to `future`."""
     parsed, reasons = parse_utc(frame["timestampUtc"], source_timezone)
     reasons = reasons.copy()
-    reasons[parsed.notna() & (parsed > run_start)] = LATER_THAN_RUN_START
+    too_late = parsed.notna() & (parsed > run_start)
+    if too_late.any():
+        future.append(parsed[too_late].min())
+    reasons[too_late] = LATER_THAN_RUN_START
     reasons[parsed.notna() & (parsed < first_day)] = BEFORE_START_DATE
     bad = reasons.notna()
     for row in frame.loc[bad].assign(reason=reasons[bad]).itertuples(index=False):
