@@ -71,6 +71,7 @@ class Row:
     amount: Decimal = Decimal(0)
     credit_amount: Decimal = Decimal(0)
     malformed: bool = False  # written as a line with the wrong number of fields
+    repeat: str = ""  # "duplicate" or "conflict": a valid row's reference again
 
 
 def _amount_text(draw, value: Decimal, places: int) -> str:
@@ -179,14 +180,13 @@ def invalid_rows(draw) -> Row:
 
 
 def write_csv(path: Path, rows: list[Row]) -> list[int]:
-    """Write the rows (unique reference ids, some with a CRLF ending); return each row's line."""
+    """Write the rows; return the line each one starts on."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CANONICAL_FIELDS)
     lines = []
     line = 2
-    for n, row in enumerate(rows):
-        row.fields["referenceId"] = f"P-{n}-{row.fields['transactionType'][:3]}"
+    for row in rows:
         values = [row.fields[f] for f in CANONICAL_FIELDS]
         if row.malformed:
             values = values[:-1]
@@ -196,6 +196,26 @@ def write_csv(path: Path, rows: list[Row]) -> list[int]:
         line += buffer.getvalue()[start:].count("\n")
     path.write_bytes(buffer.getvalue().encode("utf-8"))
     return lines
+
+
+@st.composite
+def mixes(draw) -> list[Row]:
+    """Valid and invalid rows, each with its own reference id (any text after a unique prefix),
+    then a few repeats of valid rows: identical (a duplicate) or with another amount (a
+    conflict), later in the file so the original comes first."""
+    rows = draw(st.lists(st.one_of(valid_rows(), invalid_rows()), min_size=1, max_size=25))
+    for n, row in enumerate(rows):
+        row.fields["referenceId"] = f"P-{n}-" + draw(st.text(TEXT, max_size=4))
+    originals = [row for row in rows if row.valid]
+    if originals:
+        for original, changed in draw(
+            st.lists(st.tuples(st.sampled_from(originals), st.booleans()), max_size=3)
+        ):
+            fields = dict(original.fields)
+            if changed:
+                fields["amount"] = "1" + fields["amount"].strip()
+            rows.append(Row(fields, False, repeat="conflict" if changed else "duplicate"))
+    return rows
 
 
 def run_stages(database_url: str, csv_path: Path, work: Path) -> dict[str, int]:
@@ -252,6 +272,11 @@ def run_stages(database_url: str, csv_path: Path, work: Path) -> dict[str, int]:
     }
 
 
+def _lines(conn: psycopg.Connection, table: str) -> set[int]:
+    query = sql.SQL("SELECT line_number FROM {}").format(sql.Identifier(table))
+    return {row[0] for row in conn.execute(query)}
+
+
 @pytest.fixture(scope="module")
 def template_database(pg_admin_url: str) -> Iterator[str]:
     """A migrated database that each example clones (CREATE DATABASE … TEMPLATE), far faster
@@ -291,15 +316,12 @@ class _Clone:
             )
 
 
-MIXES = st.lists(st.one_of(valid_rows(), invalid_rows()), min_size=1, max_size=25)
-
-
 @settings(
     max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(rows=MIXES)
+@given(rows=mixes())
 def test_exactly_the_valid_rows_are_posted(rows: list[Row], pg_admin_url, template_database):
     with _Clone(pg_admin_url, template_database) as url, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -310,19 +332,21 @@ def test_exactly_the_valid_rows_are_posted(rows: list[Row], pg_admin_url, templa
             posted = dict(
                 conn.execute("SELECT source_row_id, reference_id FROM ledger_entries").fetchall()
             )
-            rejected = {
-                r[0] for r in conn.execute("SELECT line_number FROM ledger_backfill_rejects")
-            }
+            rejected = _lines(conn, "ledger_backfill_rejects")
+            duplicates = _lines(conn, "ledger_backfill_duplicates")
+            conflicts = _lines(conn, "ledger_backfill_conflicts")
             balances = dict(conn.execute("SELECT id, balance FROM bank_accounts").fetchall())
             assert_ledger_invariants(conn)
 
-    valid_lines = {line for line, row in zip(lines, rows, strict=True) if row.valid}
-    invalid_lines = set(lines) - valid_lines
+    by_line = dict(zip(lines, rows, strict=True))
+    valid_lines = {line for line, row in by_line.items() if row.valid}
     assert set(posted) == valid_lines
     assert {posted[line] for line in valid_lines} == {
         row.fields["referenceId"] for row in rows if row.valid
     }
-    assert rejected == invalid_lines
+    assert duplicates == {line for line, row in by_line.items() if row.repeat == "duplicate"}
+    assert conflicts == {line for line, row in by_line.items() if row.repeat == "conflict"}
+    assert rejected == {line for line, row in by_line.items() if not row.valid and not row.repeat}
     assert counts["read"] == counts["report_read"] == len(rows)
     assert counts["read"] == (
         counts["posted"] + counts["duplicates"] + counts["conflicts"] + counts["rejected"]

@@ -415,6 +415,12 @@ def test_reader_keeps_crlf_inside_quotes_and_refuses_an_unreadable_header(tmp_pa
     assert isinstance(items[1], MalformedLine) and items[1].line_number == 4
     assert "expected 3, found 4" in items[1].reason  # closed quote, wrong width: one record
     assert items[2] == Record(6, ["7", "8", "9"])
+    # pandas on Linux leaves a bare CR unquoted; with a quoted field elsewhere it is still data
+    path.write_bytes(b'a,b,c\n1\r2,"x\ny",3\n4,5,6\n')
+    assert list(read_records(path)[1]) == [
+        Record(2, ["1\r2", "x\ny", "3"]),
+        Record(4, ["4", "5", "6"]),
+    ]
     path.write_bytes(b"a,b\r1,2\r3,4")  # classic Mac line endings: one line
     with pytest.raises(HeaderError, match="cannot be read"):
         read_records(path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BOM = "\ufeff"
+CR_STAND_IN = "\uffff"  # a Unicode noncharacter: stands in for CR while the csv module parses
 # A quoted field may hold line breaks; a record is given up after this many physical lines.
 MAX_LINES_PER_RECORD = 50
 
@@ -56,12 +57,21 @@ def _strip_eol(text: str) -> str:
 
 
 def _parse_quoted(text: str) -> list[str] | None:
-    """Parse one logical record with strict quoting; None if the quoting is broken."""
+    """Parse one logical record with strict quoting; None if the quoting is broken.
+
+    Records end only at LF, so a bare CR left inside the record is data, quoted or not (pandas
+    on Linux writes a CR inside a field without quotes). The csv module would call an unquoted
+    one a line break, so it is swapped for a character the text does not hold while parsing."""
+    swap = "\r" in text and CR_STAND_IN not in text
+    if swap:
+        text = text.replace("\r", CR_STAND_IN)
     try:
         rows = list(csv.reader([text], strict=True))
     except csv.Error:
         return None
-    return rows[0] if len(rows) == 1 else None
+    if len(rows) != 1:
+        return None
+    return [f.replace(CR_STAND_IN, "\r") for f in rows[0]] if swap else rows[0]
 
 
 def _quotes_balanced(text: str) -> bool:
