@@ -32,6 +32,7 @@ from ledger_backfill_dagster_tests.fault_harness import (
     wait_until,
 )
 from ledger_backfill_dagster_tests.helpers import (
+    ASSETS,
     assert_ledger_invariants,
     balances,
     expected_balances,
@@ -530,7 +531,9 @@ def test_four_parallel_workers_in_one_run_share_hot_accounts(
         load_accounts(load, read_accounts_file(str(data.accounts_file)))
     outcome: dict = {}
     runner = threading.Thread(
-        target=lambda: outcome.update(result=materialize_range(DAYS[0], DAYS[-1]))
+        target=lambda: outcome.update(
+            result=materialize_range(DAYS[0], DAYS[-1], assets=ASSETS[:4])
+        )
     )
 
     class _Thread:  # what _hold_accounts_until_posters_wait needs of a backfill
