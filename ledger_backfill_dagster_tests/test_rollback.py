@@ -193,6 +193,7 @@ def test_rollback_after_constraints_posts_reversals_and_rebackfill_reapplies(
     again = state(database_url)
     assert again["balances"] == full["balances"]
     assert again["checkpoints"] == full["checkpoints"]
+    assert (again["duplicates"], again["rejects"]) == (full["duplicates"], full["rejects"])
     assert len(again["entries"]) == len(full["entries"]) + 80
     with psycopg.connect(database_url) as conn:
         assert_ledger_invariants(conn)
@@ -241,6 +242,66 @@ def test_maintenance_rollback_by_run_refuses_sent_rows_unless_forced(
         assert constraints == 3  # lifted, re-applied and re-validated in the same transaction
     succeeded(backfill(DAY2))
     assert state(database_url) == full
+
+
+def test_whole_source_rollback_takes_its_state_and_resets_dependents(
+    conn: psycopg.Connection, database_url: str
+) -> None:
+    conn.execute(
+        "INSERT INTO bank_accounts (id, currency_code, allow_negative) VALUES"
+        " ('A', 'USD', TRUE), ('B', 'USD', TRUE), ('E', 'EUR', TRUE)"
+    )
+
+    def post(debit, credit, amount, ref, source, day, fx=None) -> int:
+        return conn.execute(
+            "SELECT post_ledger_entry('MASTER', %s, %s, %s::NUMERIC, 'USD', 'fiat', 'T', %s,"
+            " %s::NUMERIC, p_backfill_source_id => %s, p_backfill_source_type => 'CSV',"
+            " p_backfill_partition => %s, p_backfill_run_id => 'r')",
+            (debit, credit, amount, ref, fx, source, day),
+        ).fetchone()[0]
+
+    shared = post("A", "B", "10.00", "R1", "src1", DAY1)
+    post("A", "E", "3.33", "R2", "src1", DAY1, fx="0.9")  # credits E 3.00 EUR (rounded)
+    post("B", "A", "1.50", "R3", "src1", DAY2)
+    post("B", "A", "7.00", "R4", "src2", DAY1)
+    conn.execute(
+        "INSERT INTO ledger_backfill_checkpoints (source_id, source_type, partition_key, status)"
+        " VALUES ('src1', 'CSV', %s, 'COMPLETED'), ('src1', 'CSV', %s, 'COMPLETED'),"
+        " ('src2', 'CSV', %s, 'COMPLETED')",
+        (DAY1, DAY2, DAY1),
+    )
+    conn.execute(
+        "INSERT INTO ledger_backfill_rejects (source_id, source_type, partition_key,"
+        " source_row_id, stage, reasons) VALUES ('src1', 'CSV', NULL, 90, 'extract', '{x}'),"
+        " ('src1', 'CSV', %s, 91, 'validate', '{x}'), ('src2', 'CSV', %s, 92, 'validate', '{x}')",
+        (DAY1, DAY1),
+    )
+    conn.execute(  # src2 skipped a row as a duplicate of src1's R1
+        "INSERT INTO ledger_backfill_duplicates (source_id, partition_key, source_row_id,"
+        " ledger_id, reference_id, existing_entry_id) VALUES ('src2', %s, 5, 'MASTER', 'R1', %s)",
+        (DAY1, shared),
+    )
+    result = run_maintenance_job(
+        ROLLBACK, database_url, {"source_id": "src1", "dry_run": False, "reason": "wrong file"}
+    )
+    assert result.success
+    assert balances(conn) == {"A": Decimal("-7.00"), "B": Decimal("7.00"), "E": Decimal("0.00")}
+    assert conn.execute("SELECT reference_id FROM ledger_entries").fetchall() == [("R4",)]
+    assert conn.execute("SELECT count(*) FROM dual_ledger_outbox").fetchone()[0] == 1
+    rejects = conn.execute("SELECT source_id FROM ledger_backfill_rejects").fetchall()
+    assert rejects == [("src2",)]  # src1's, with and without a partition, are gone
+    assert conn.execute("SELECT count(*) FROM ledger_backfill_duplicates").fetchone()[0] == 0
+    # src2's day 1 held a row that was a duplicate only because of src1: it must be redone.
+    assert conn.execute("SELECT count(*) FROM ledger_backfill_checkpoints").fetchone()[0] == 0
+    [details] = conn.execute(
+        "SELECT details FROM ledger_backfill_audit_log WHERE action = 'ROLLBACK'"
+    ).fetchone()
+    assert details["entries_undone"] == 3
+    assert details["dependent_partitions"] == [
+        {"source_id": "src2", "source_type": "CSV", "partition_key": DAY1}
+    ]
+    assert details["deltas_by_currency"] == {"EUR": "3.00", "USD": "-3.33"}
+    assert_ledger_invariants(conn)
 
 
 def test_scope_and_method_are_refused_when_unsafe(conn: psycopg.Connection) -> None:
