@@ -15,6 +15,8 @@ Every run writes ledger_backfill_audit_log rows (ledger/audit.py) and shows what
 do, as run metadata. Refusals fail the run with the reasons (never with a secret in them).
 """
 
+import enum
+
 import dagster as dg
 from pydantic import Field
 
@@ -219,6 +221,15 @@ def correct_balances_job() -> None:
 # Rollback
 
 
+class RollbackMethod(enum.Enum):
+    """How to undo (member names are what config files and the launchpad use)."""
+
+    auto = "auto"
+    delete = "delete"
+    reversal = "reversal"
+    maintenance = "maintenance"
+
+
 class RollbackConfig(dg.Config):
     source_id: str | None = Field(
         default=None, description="Undo entries of this source (BACKFILL_SOURCE_ID / file path)."
@@ -235,8 +246,8 @@ class RollbackConfig(dg.Config):
     backfill_run_id: str | None = Field(
         default=None, description="Undo the entries this Dagster run posted."
     )
-    method: str = Field(
-        default="auto",
+    method: RollbackMethod = Field(
+        default=RollbackMethod.auto,
         description="auto (delete before the balance constraints are applied, reversal after), "
         "delete, reversal, or maintenance (lift constraints, delete, re-apply; only on request).",
     )
@@ -311,7 +322,7 @@ def rollback_backfill(
             plan = rollback(
                 conn,
                 scope,
-                method=config.method,
+                method=config.method.value,
                 dry_run=config.dry_run,
                 force=config.force,
                 reason=config.reason,
