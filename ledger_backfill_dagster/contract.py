@@ -1,7 +1,8 @@
 """The ledger entry contract: the seed's `LedgerEntrySource`, as one Pandera DataFrameModel.
 
 Every rule a transformed row must meet before it may be posted is stated here, each as a named,
-vectorized check, so lazy validation gives every failing row every reason it fails. The
+vectorized check; `validation.py` applies every one to every row, so a failing row gets every
+reason it fails (the same verdicts as `LedgerEntrySource.validate(df, lazy=True)`). The
 transformation stage fills the helper columns the cross-field rules read (the accounts'
 currencies, the credit amount, the metadata verdict); it never decides validity itself.
 """
