@@ -144,14 +144,20 @@ def dagster_dev(tmp_path: Path, secret_url: str) -> Iterator[Dagster]:
 
 
 def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the whole group (webserver, daemon, code servers), then SIGKILL what is left."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=5)
     except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
     except ProcessLookupError:
         pass
+    process.wait(timeout=10)
 
 
 LAUNCH = """
