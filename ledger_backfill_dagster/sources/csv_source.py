@@ -19,6 +19,7 @@ from itertools import islice
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -298,8 +299,16 @@ def _place(
         )
     kept = frame.loc[~bad].copy()
     kept["timestamp_utc"] = parsed[~bad]
-    kept["partition_key"] = kept["timestamp_utc"].dt.strftime("%Y-%m-%d")
+    kept["partition_key"] = utc_days(kept["timestamp_utc"])
     return kept
+
+
+def utc_days(timestamps: pd.Series) -> np.ndarray:
+    """Each UTC timestamp's day as YYYY-MM-DD. Formats each distinct day once: strftime per row
+    costs seconds per million rows."""
+    days = timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[D]")
+    distinct, position = np.unique(days, return_inverse=True)
+    return np.datetime_as_string(distinct, unit="D").astype(object)[position]
 
 
 def _none(value: object) -> object:
