@@ -448,7 +448,8 @@ def test_pause_from_the_cli_stops_after_the_current_batch_and_resume_completes(
     _ledger_cli(env, "pause")
     at_request = _batches(conn)
     assert run.wait(120) != 0
-    assert "PAUSED" in run.output()  # the Dagster failure says why the run stopped
+    # The Dagster step failure says why the run stopped.
+    assert "PAUSED: partition 2024-01-01: paused on request after batch" in run.output()
     _assert_stopped_cleanly(conn, "PAUSED")
     assert at_request <= _batches(conn) <= at_request + 1  # the batch in flight, no more
     message = conn.execute("SELECT error_message FROM ledger_backfill_checkpoints").fetchone()[0]
@@ -473,6 +474,6 @@ def test_terminate_pauses_the_run_and_a_rerun_resumes(
     wait_until(lambda: _batches(conn) >= 3, 180, "posting", run)
     run.proc.send_signal(sig)  # what Dagster's Terminate does to the run worker
     assert run.wait(120) != 0, "the run carried on after it was terminated"
-    assert "PAUSED" in run.output()
+    assert "PAUSED: " in run.output() and "interrupted (run terminated)" in run.output()
     _assert_stopped_cleanly(conn, "PAUSED")
     _assert_resumes_to_completion(tmp_path, env, conn, data, "resumed")
