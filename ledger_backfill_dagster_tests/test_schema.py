@@ -14,7 +14,13 @@ def test_migrations_are_recorded_idempotent_and_defer_constraints(conn: psycopg.
     versions = [
         v for (v,) in conn.execute("SELECT version FROM ledger_schema_migrations ORDER BY 1")
     ]
-    assert versions == ["001", "002", "003", "005"]  # 004 (balance constraints) waits for step 5
+    assert versions == [
+        "001",
+        "002",
+        "003",
+        "005",
+        "006",
+    ]  # 004 (balance constraints) waits for step 5
     assert apply_migrations(conn) == []
     constraints = conn.execute(
         "SELECT constraint_name FROM information_schema.table_constraints"
@@ -80,3 +86,15 @@ def test_round_half_even_matches_python(
 ) -> None:
     got = conn.execute("SELECT round_half_even(%s::numeric, %s)", (value, places)).fetchone()[0]
     assert got == Decimal(expected)
+
+
+def test_account_with_entries_cannot_be_deleted(conn: psycopg.Connection) -> None:
+    _accounts(conn)
+    conn.execute("SELECT post_ledger_entry('MASTER', 'A', 'B', 1, 'USD', 'fiat', 'T', 'R9')")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute("DELETE FROM bank_accounts WHERE id = 'B'")
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute(
+            "SELECT post_ledger_entry('MASTER', 'A', 'NOPE', 1, 'USD', 'fiat', 'T', 'R10')"
+        )
+    conn.execute("DELETE FROM bank_accounts WHERE id = 'C'")  # no entries: allowed
