@@ -45,7 +45,9 @@ from ledger_backfill_dagster.sources.layout import (
 )
 from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START, parse_utc
 
-CHUNK_ROWS = 200_000
+# Rows parsed per chunk. Peak memory follows it (measured on 1M rows: 744 MiB at 200k, 328 MiB at
+# 50k, no slower), not the size of the source.
+CHUNK_ROWS = 50_000
 ROW_ID_FILE_STRIDE = 10**12  # source_row_id = file index × stride + line number
 
 
