@@ -421,10 +421,28 @@ def timed_binary_copy(url: str, table: pa.Table) -> float:
         return time.perf_counter() - t0
 
 
+def describe_ledger_table(url: str) -> str:
+    """What a row inserted into ledger_entries maintains: indexes, FKs, checks, triggers."""
+    with psycopg.connect(url) as conn:
+        indexes, fks, checks, triggers = conn.execute(
+            """
+            SELECT (SELECT count(*) FROM pg_index WHERE indrelid = 'ledger_entries'::regclass),
+                   (SELECT count(*) FROM pg_constraint
+                     WHERE conrelid = 'ledger_entries'::regclass AND contype = 'f'),
+                   (SELECT count(*) FROM pg_constraint
+                     WHERE conrelid = 'ledger_entries'::regclass AND contype = 'c'),
+                   (SELECT count(*) FROM pg_trigger
+                     WHERE tgrelid = 'ledger_entries'::regclass AND NOT tgisinternal)
+            """
+        ).fetchone()
+    return f"{indexes} indexes, {fks} FKs, {checks} checks, {triggers} triggers"
+
+
 def strip_ledger_table(url: str, indexes: bool) -> list[str]:
     """Drop ledger_entries' foreign keys (and its non-unique indexes) to price them."""
     dropped = []
     with psycopg.connect(url) as conn:
+        conn.execute("SET lock_timeout = '30s'")
         fks = conn.execute(
             "SELECT conname FROM pg_constraint"
             " WHERE conrelid = 'ledger_entries'::regclass AND contype = 'f' ORDER BY 1"
@@ -435,7 +453,8 @@ def strip_ledger_table(url: str, indexes: bool) -> list[str]:
                     sql.Identifier(name)
                 )
             )
-        dropped.append(f"{len(fks)} FKs")
+        if fks:
+            dropped.append(f"{len(fks)} FKs")
         if indexes:
             plain = conn.execute(
                 "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
@@ -455,10 +474,12 @@ def bench_copy(server: Server, data: Dataset, binary: bool) -> dict[str, Any]:
 
     with server.database("copyledger") as url:
         prepare_ledger(url, data.accounts_file)
+        shape = describe_ledger_table(url)
         seconds = timed_copy(url, "ledger_entries", payload)
-        results["ledger"] = {"seconds": seconds, "rate": rate(n, seconds)}
+        results["ledger"] = {"seconds": seconds, "rate": rate(n, seconds), "table": shape}
     say(
-        f"  COPY (csv) into ledger_entries (FKs, checks, 5 indexes): {n:,} rows in "
+        f"  COPY (csv) into ledger_entries as migrated ({shape}): "
+        f"{n:,} rows in "
         f"{seconds:.2f} s = {fmt_rate(results['ledger']['rate'])}"
     )
 
@@ -466,6 +487,8 @@ def bench_copy(server: Server, data: Dataset, binary: bool) -> dict[str, Any]:
         with server.database(f"copy{label.replace('_', '')}") as url:
             prepare_ledger(url, data.accounts_file)
             dropped = strip_ledger_table(url, strip_indexes)
+            if not strip_indexes and not dropped:
+                continue  # the schema has no foreign keys on ledger_entries to price
             seconds = timed_copy(url, "ledger_entries", payload)
             results[f"ledger_{label}"] = {
                 "seconds": seconds,
