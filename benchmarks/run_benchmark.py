@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO))
 from ledger_backfill_dagster.generate import generate  # noqa: E402
 from ledger_backfill_dagster.ledger.accounts import load_accounts, read_accounts_file  # noqa: E402
 from ledger_backfill_dagster.ledger.migrations import apply_migrations  # noqa: E402
+from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS  # noqa: E402
 
 DAGSTER = Path(sys.executable).parent / "dagster"
 ASSETS = [
@@ -334,19 +335,7 @@ def bench_row_by_row(server: Server, data: Dataset, sample: int) -> dict[str, An
 # -- 2. the COPY floor --------------------------------------------------------------------------
 def copy_table(data: Dataset) -> pa.Table:
     """The generated rows as ledger_entries columns (credit side = debit side, no FX)."""
-    names = [
-        "ledgerId",
-        "debitAccountId",
-        "creditAccountId",
-        "amount",
-        "currencyCode",
-        "assetType",
-        "transactionType",
-        "referenceId",
-        "timestampUtc",
-        "fxRate",
-        "metadata",
-    ]
+    names = list(CANONICAL_FIELDS)
     raw = pacsv.read_csv(
         data.entries_file,
         convert_options=pacsv.ConvertOptions(

@@ -21,6 +21,7 @@ from ledger_backfill_dagster.assets.validate import validated_entries
 from ledger_backfill_dagster.checks import LEDGER_CHECKS
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.settings import BackfillSettings
+from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
 
 ASSETS = [
     extracted_source,
@@ -184,21 +185,7 @@ def write_deposit_dataset(
     first = date.fromisoformat(start)
     with entries_file.open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(
-            [
-                "ledgerId",
-                "debitAccountId",
-                "creditAccountId",
-                "amount",
-                "currencyCode",
-                "assetType",
-                "transactionType",
-                "referenceId",
-                "timestampUtc",
-                "fxRate",
-                "metadata",
-            ]
-        )
+        writer.writerow(CANONICAL_FIELDS)
         for d in range(days):
             day = first + timedelta(days=d)
             rows = []
