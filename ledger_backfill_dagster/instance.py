@@ -5,6 +5,13 @@ setup: DAGSTER_PG_URL if set, else DATABASE_URL (Dagster's tables live beside th
 names do not clash), else a `dagster` database on the embedded server. The URL is resolved when
 the instance loads and is never written to the instance config the UI shows.
 
+Dagster's own sessions run with `synchronous_commit=off`: a backfill over 1,096 days writes
+~11,000 events (planned and done materializations), each an INSERT committed on its own, and each
+would otherwise wait for a WAL flush (measured: start-up of a 200-partition run 31 → 26 s and
+22 → 13 s). This storage is the run history, not the ledger: a server crash can lose the last
+fraction of a second of events, never an entry, a balance or a checkpoint, which keep their own
+synchronous sessions. A URL that sets `synchronous_commit` itself keeps its own value.
+
 SQLAlchemy 2.1 maps `postgresql://` to psycopg 3, on which dagster-postgres's `NOTIFY` statement
 fails; the URL is therefore given to it with the psycopg2 dialect, which dagster-postgres installs.
 """
@@ -16,7 +23,7 @@ import re
 
 from dagster_postgres import DagsterPostgresStorage
 from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from ledger_backfill_dagster.resources.embedded_postgres import (
     DAGSTER_DATABASE,
@@ -42,9 +49,19 @@ def with_psycopg2_dialect(url: str) -> str:
     ).render_as_string(hide_password=False)
 
 
+def with_async_commit(url: str) -> str:
+    """The SQLAlchemy URL with `-c synchronous_commit=off` added to its libpq options."""
+    parsed = make_url(url)
+    options = str(parsed.query.get("options", ""))
+    if "synchronous_commit" in options:
+        return url
+    query = {**parsed.query, "options": f"{options} -c synchronous_commit=off".strip()}
+    return parsed.update_query_dict(query).render_as_string(hide_password=False)
+
+
 def instance_postgres_url() -> str:
     url = os.environ.get("DAGSTER_PG_URL") or os.environ.get("DATABASE_URL")
-    return with_psycopg2_dialect(url or embedded_server_uri(DAGSTER_DATABASE))
+    return with_async_commit(with_psycopg2_dialect(url or embedded_server_uri(DAGSTER_DATABASE)))
 
 
 class LedgerInstanceStorage(DagsterPostgresStorage):

@@ -181,3 +181,32 @@ def test_concurrent_runs_on_different_partitions(
     assert stored == expected
     assert runs[0] == 3
     assert statuses == [("COMPLETED", 6)]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected_options"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/x", "-c synchronous_commit=off"),
+        ("host=/tmp/pg dbname=dagster user=postgres", "-c synchronous_commit=off"),
+        (
+            "postgresql://u@h/db?options=-c%20statement_timeout%3D5000",
+            "-c statement_timeout=5000 -c synchronous_commit=off",
+        ),
+        (  # an operator's explicit choice wins
+            "postgresql://u@h/db?options=-c%20synchronous_commit%3Don",
+            "-c synchronous_commit=on",
+        ),
+    ],
+)
+def test_instance_storage_commits_asynchronously(
+    monkeypatch, given: str, expected_options: str
+) -> None:
+    """Dagster's event log (not the ledger) skips the WAL-flush wait per event; see instance.py."""
+    from sqlalchemy.engine import make_url
+
+    from ledger_backfill_dagster.instance import instance_postgres_url
+
+    monkeypatch.setenv("DAGSTER_PG_URL", given)
+    url = make_url(instance_postgres_url())
+    assert url.drivername == "postgresql+psycopg2"
+    assert url.query["options"] == expected_options
