@@ -860,9 +860,11 @@ def bench_posting(
 ) -> list[dict[str, Any]]:
     import pandas as pd
 
+    from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
     from ledger_backfill_dagster.ledger.posting import (
         PartitionPlan,
         PostingOptions,
+        PostingSessions,
         post_partition,
     )
 
@@ -881,17 +883,26 @@ def bench_posting(
             options = PostingOptions(batch_size=batch_size, validate_balances=validate_balances)
             run_id = f"bench-{uuid.uuid4().hex[:8]}"
             batch_seconds = 0.0
+            # As the posted_batches asset does: one verifier and one set of sessions per run.
+            verifier = BalanceVerifier()
             t0 = time.perf_counter()
-            for key, frame in loaded:
-                plan = PartitionPlan(
-                    source_id="benchmark",
-                    source_type="CSV",
-                    partition_key=key,
-                    run_id=run_id,
-                    entries=frame,
-                )
-                outcome = post_partition(lambda: psycopg.connect(url), plan, options)
-                batch_seconds += sum(b.seconds for b in outcome.batches)
+            with PostingSessions(lambda: psycopg.connect(url)) as sessions:
+                for key, frame in loaded:
+                    plan = PartitionPlan(
+                        source_id="benchmark",
+                        source_type="CSV",
+                        partition_key=key,
+                        run_id=run_id,
+                        entries=frame,
+                    )
+                    outcome = post_partition(
+                        lambda: psycopg.connect(url),
+                        plan,
+                        options,
+                        sessions=sessions,
+                        verifier=verifier,
+                    )
+                    batch_seconds += sum(b.seconds for b in outcome.batches)
             seconds = time.perf_counter() - t0
             check = ledger_check(url)
         result = {

@@ -6,6 +6,7 @@ from decimal import Decimal
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ledger_backfill_dagster.assets.common import GROUP, rows_table, stage
 from ledger_backfill_dagster.assets.post import posted_batches
@@ -16,6 +17,8 @@ from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.settings import BackfillSettings
 from ledger_backfill_dagster.stages import StageStore
 
+CONTROL_TOTAL_FILES = 256  # partitions per aggregation: bounds memory on large days
+CONTROL_TOTAL_SCHEMA = pa.schema([("currency_code", pa.string()), ("amount", pa.string())])
 UNPARTITIONED_REJECTS = """
 SELECT count(*) FROM ledger_backfill_rejects WHERE source_id = %s AND partition_key IS NULL
 """
@@ -24,22 +27,34 @@ SELECT count(*) FROM ledger_backfill_rejects WHERE source_id = %s AND partition_
 def source_control_totals(
     store: StageStore, source_key: str, keys: list[str]
 ) -> dict[str, tuple[int, Decimal]]:
-    """Count and exact sum per currency of the valid source rows of these partitions."""
+    """Count and exact sum per currency of the valid source rows of these partitions.
+
+    Reads only the two columns it needs, a few hundred partitions per Arrow aggregation: reading
+    each whole partition into pandas cost ~50 ms apiece, a minute over a 3-year backfill."""
     totals: dict[str, tuple[int, Decimal]] = {}
-    for key in keys:
-        frame = store.read_frame(source_key, "validated", key)
-        if frame.empty:
+    for first in range(0, len(keys), CONTROL_TOTAL_FILES):
+        tables = []
+        for key in keys[first : first + CONTROL_TOTAL_FILES]:
+            path = store.path(source_key, "validated", key)
+            if not path.exists():
+                store.read_frame(source_key, "validated", key)  # raises, naming what is missing
+            table = pq.read_table(path, columns=["currency_code", "amount"])
+            tables.append(table.cast(CONTROL_TOTAL_SCHEMA))
+        table = pa.concat_tables(tables)
+        if table.num_rows == 0:
             continue
-        table = pa.table(
-            {"currency": frame["currency_code"].astype(str), "amount": frame["amount"].astype(str)}
+        table = table.set_column(1, "amount", pc.cast(table["amount"], pa.decimal128(38, 18)))
+        grouped = table.group_by("currency_code").aggregate(
+            [("amount", "sum"), ("amount", "count")]
         )
-        amounts = table["amount"].cast(pa.decimal128(38, 18))
-        for currency in pc.unique(table["currency"]).to_pylist():
-            mask = pc.equal(table["currency"], currency)
-            selected = pc.filter(amounts, mask)
-            count, total = totals.get(currency, (0, Decimal(0)))
-            exact = pc.sum(selected).as_py() or Decimal(0)
-            totals[currency] = (count + len(selected), _plain(total + exact))
+        for currency, exact, count in zip(
+            grouped["currency_code"].to_pylist(),
+            grouped["amount_sum"].to_pylist(),
+            grouped["amount_count"].to_pylist(),
+            strict=True,
+        ):
+            before_count, before_total = totals.get(currency, (0, Decimal(0)))
+            totals[currency] = (before_count + count, _plain(before_total + (exact or 0)))
     return totals
 
 
