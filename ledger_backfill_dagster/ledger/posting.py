@@ -1,9 +1,9 @@
 """The Batch Processor and Ledger Posting Module: post one partition, batch by batch.
 
-Each batch is one transaction that COPYs the entries into a temporary stage, locks every account
-it touches in ascending id order, posts set-based (entries, both balances, outbox rows), names the
-outcome of every row it did not post (duplicate, conflict, or already posted by this very source
-row), and advances the checkpoint. Either all of that commits or none of it does, so a crash at any
+Each batch is one transaction that COPYs the entries into a temporary stage, inserts them
+set-based (entries and outbox rows), then locks every account it touches in ascending id order
+and moves their balances, names the outcome of every row it did not post (duplicate, conflict,
+or already posted by this very source row), and advances the checkpoint. Either all of that commits or none of it does, so a crash at any
 moment loses at most the batch in flight and a re-run resumes after the last committed batch.
 
 Transient database errors (lost connection, restart, serialization failure, deadlock) retry the
@@ -429,13 +429,12 @@ class PartitionPoster:
                 "COPY post_stage (" + ", ".join(POSTABLE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
             ) as copy:
                 copy.write(_csv_bytes(pending.table))
+            posted, outbox, marked = cur.execute(query("post_batch"), params).fetchone()
             locked = {row[0] for row in cur.execute(query("lock_batch_accounts")).fetchall()}
             wanted = set(batch["debit_account_id"]) | set(batch["credit_account_id"])
             if missing := sorted(wanted - locked):
                 raise UnknownAccountsError(self.plan.partition_key, missing)
-            posted, expected, moved, outbox, marked = cur.execute(
-                query("post_batch"), params
-            ).fetchone()
+            expected, moved = cur.execute(query("apply_batch_balances")).fetchone()
             if not (expected == moved and posted == outbox == marked):
                 raise InvariantError(
                     f"batch {number}: posted {posted}, outbox {outbox}, marked {marked}, "

@@ -1,7 +1,9 @@
 -- post_batch.sql
 -- Post the staged batch set-based, in one statement: insert the first occurrence of each
--- (ledger_id, reference_id) unless the ledger already holds it, move both balances of every
--- inserted entry, write one outbox row per entry, and mark which staged rows were posted.
+-- (ledger_id, reference_id) unless the ledger already holds it, write one outbox row per entry,
+-- and mark which staged rows were posted (post_stage.entry_id). The balances move afterwards in
+-- the same transaction (lock_batch_accounts.sql, then apply_batch_balances.sql): the accounts are
+-- locked only for the short end of the batch, so concurrent partitions insert in parallel.
 -- Rows not inserted are classified by classify_unposted.sql in a second statement, whose fresh
 -- snapshot also sees entries a concurrent batch committed while this one waited on ON CONFLICT.
 WITH staged AS (
@@ -30,23 +32,6 @@ inserted AS (
     RETURNING id, ledger_id, reference_id, source_row_id,
               debit_account_id, credit_account_id, amount, credit_amount
 ),
-movements AS (
-    SELECT debit_account_id AS account_id, amount AS delta FROM inserted
-    UNION ALL
-    SELECT credit_account_id, -credit_amount FROM inserted
-),
-net AS (
-    SELECT account_id, sum(delta) AS delta FROM movements GROUP BY account_id
-),
-balances AS (
-    UPDATE bank_accounts b
-       SET balance = b.balance + net.delta,
-           available_balance = b.available_balance + net.delta,
-           updated_at = now()
-      FROM net
-     WHERE b.id = net.account_id
-    RETURNING b.id
-),
 outbox AS (
     INSERT INTO dual_ledger_outbox (ledger_entry_id, ledger_id, reference_id)
     SELECT id, ledger_id, reference_id FROM inserted
@@ -60,7 +45,5 @@ marked AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted)  AS posted,
-       (SELECT count(*) FROM net)       AS accounts_expected,
-       (SELECT count(*) FROM balances)  AS accounts_moved,
        (SELECT count(*) FROM outbox)    AS outbox_rows,
        (SELECT count(*) FROM marked)    AS marked
