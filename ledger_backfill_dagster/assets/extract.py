@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from ledger_backfill_dagster.assets.common import GROUP, rows_table, source_failure, stage
+from ledger_backfill_dagster.assets.common import GROUP, partition_table, source_failure, stage
 from ledger_backfill_dagster.ledger.rejects import replace_rejects
 from ledger_backfill_dagster.partitions import daily_partitions
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
@@ -34,6 +34,11 @@ def extracted_source(
         s.store.write_pointer(
             s.source.source_key, key, result.staged.get(key), result.rows_by_partition[key]
         )
+    for key in s.keys:  # each partition's event its own count (the step's total otherwise)
+        context.add_asset_metadata(
+            {"dagster/row_count": dg.MetadataValue.int(result.rows_by_partition[key])},
+            partition_key=key,
+        )
     rejects = result.unpartitioned_rejects
     with ledger_db.connection() as conn:
         replace_rejects(
@@ -58,8 +63,10 @@ def extracted_source(
             "rows_read_from_source": dg.MetadataValue.int(result.rows_read),
             "rejected_without_partition": dg.MetadataValue.int(len(rejects)),
             "partitions": dg.MetadataValue.int(len(s.keys)),
-            "rows_by_partition": rows_table(
-                [{"partition": k, "rows": result.rows_by_partition[k]} for k in s.keys[:500]],
+            **partition_table(
+                s.keys,
+                "rows_by_partition",
+                [{"partition": k, "rows": result.rows_by_partition[k]} for k in s.keys],
                 ["partition", "rows"],
             ),
             **{k: dg.MetadataValue.text(str(v)) for k, v in result.details.items()},

