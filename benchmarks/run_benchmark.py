@@ -41,6 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -856,9 +857,10 @@ def bench_posting(
     server: Server,
     data: Dataset,
     frames: list[tuple[str, Path]],
-    variants: list[tuple[int, bool]],
+    variants: list[tuple[int, bool, int]],
 ) -> list[dict[str, Any]]:
     import pandas as pd
+    import pyarrow.parquet as pq
 
     from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
     from ledger_backfill_dagster.ledger.posting import (
@@ -868,15 +870,21 @@ def bench_posting(
         post_partition,
     )
 
-    loaded = [(key, pd.read_parquet(path)) for key, path in frames]
+    def arrow_text(arrow_type: pa.DataType) -> object:  # as posted_batches reads them
+        is_text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+        return pd.StringDtype("pyarrow") if is_text else None
+
+    loaded = [(key, pq.read_table(path).to_pandas(types_mapper=arrow_text)) for key, path in frames]
     total = sum(len(f) for _, f in loaded)
     say(
         f"  input: {total:,} validated entries in {len(loaded)} partitions (the pipeline's Parquet)"
     )
     results = []
-    for batch_size, validate_balances in variants:
-        label = f"BATCH_SIZE={batch_size}" + (
-            "" if validate_balances else ", VALIDATE_BALANCES=false"
+    for batch_size, validate_balances, workers in variants:
+        label = (
+            f"BATCH_SIZE={batch_size}"
+            + ("" if validate_balances else ", VALIDATE_BALANCES=false")
+            + (f", PARALLEL_WORKERS={workers}" if workers > 1 else "")
         )
         with server.database(f"post{batch_size}") as url:
             prepare_ledger(url, data.accounts_file)
@@ -886,8 +894,18 @@ def bench_posting(
             # As the posted_batches asset does: one verifier and one set of sessions per run.
             verifier = BalanceVerifier()
             t0 = time.perf_counter()
-            with PostingSessions(lambda: psycopg.connect(url)) as sessions:
-                for key, frame in loaded:
+            with (
+                PostingSessions(lambda: psycopg.connect(url)) as sessions,
+                ThreadPoolExecutor(workers) as pool,
+            ):
+
+                def post(
+                    item: tuple[str, Any],
+                    run_id: str = run_id,
+                    options: PostingOptions = options,
+                    verifier: BalanceVerifier = verifier,
+                ) -> Any:
+                    key, frame = item
                     plan = PartitionPlan(
                         source_id="benchmark",
                         source_type="CSV",
@@ -895,13 +913,15 @@ def bench_posting(
                         run_id=run_id,
                         entries=frame,
                     )
-                    outcome = post_partition(
+                    return post_partition(
                         lambda: psycopg.connect(url),
                         plan,
                         options,
                         sessions=sessions,
                         verifier=verifier,
                     )
+
+                for outcome in pool.map(post, loaded):
                     batch_seconds += sum(b.seconds for b in outcome.batches)
             seconds = time.perf_counter() - t0
             check = ledger_check(url)
@@ -909,6 +929,7 @@ def bench_posting(
             "variant": label,
             "batch_size": batch_size,
             "validate_balances": validate_balances,
+            "workers": workers,
             "entries": total,
             "seconds": seconds,
             "rate": rate(total, seconds),
@@ -1101,6 +1122,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--e2e-batch-size", type=int, default=1000, help="BATCH_SIZE of the end-to-end runs"
     )
     p.add_argument(
+        "--posting-workers",
+        type=int,
+        default=2,
+        help="also post the largest --batch-sizes value with this many partitions in parallel "
+        "(PARALLEL_WORKERS; 1: not)",
+    )
+    p.add_argument(
         "--sections",
         default=",".join(SECTIONS),
         help=f"comma list of what to run, in this order: {','.join(SECTIONS)} (default: all)",
@@ -1243,9 +1271,12 @@ def main(argv: list[str]) -> int:
                 prep_home = prep.home
         if prep_home is not None:
             frames = validated_frames(prep_home)
-        variants = [(b, True) for b in int_list(args.batch_sizes)]
+        variants = [(b, True, 1) for b in int_list(args.batch_sizes)]
         if variants:
-            variants.append((variants[0][0], False))
+            variants.append((variants[0][0], False, 1))
+            if args.posting_workers > 1:
+                largest = max(b for b, _, _ in variants)
+                variants.append((largest, True, args.posting_workers))
         if "posting" in wanted:
             heading(
                 "3. posting stage alone (validated entries → ledger + balances + outbox + "
@@ -1352,7 +1383,7 @@ def summary(results: dict[str, Any], rss_points: list[tuple[int, E2E]], args) ->
         say(
             f"    posting ≥ 100,000/s and ≥ 40× row-by-row: BATCH_SIZE={default['batch_size']} "
             f"{fmt_rate(default['rate'])} ({fmt_ratio(default['rate'] / row if row else None)}); "
-            f"best BATCH_SIZE={best['batch_size']} {fmt_rate(best['rate'])} "
+            f"best {best['variant']} {fmt_rate(best['rate'])} "
             f"({fmt_ratio(best['rate'] / row if row else None)})"
             + verdict(best["rate"] >= 100_000 and bool(row) and best["rate"] >= 40 * row)
         )
