@@ -12,6 +12,12 @@ would otherwise wait for a WAL flush (measured: start-up of a 200-partition run 
 fraction of a second of events, never an entry, a balance or a checkpoint, which keep their own
 synchronous sessions. A URL that sets `synchronous_commit` itself keeps its own value.
 
+dagster-postgres also opens a new connection for every storage call (SQLAlchemy NullPool, so an
+idle instance holds none): measured, a trivial asset over 1,096 partitions took 33 s to record its
+materializations, ~2 connections and 30 ms per event. Here each of the three storages keeps one
+pooled connection (plus up to 3 overflow, checked before use so a restarted server costs a
+reconnect, not an error) for the life of the process.
+
 SQLAlchemy 2.1 maps `postgresql://` to psycopg 3, on which dagster-postgres's `NOTIFY` statement
 fails; the URL is therefore given to it with the psycopg2 dialect, which dagster-postgres installs.
 """
@@ -22,6 +28,7 @@ import os
 import re
 
 from dagster_postgres import DagsterPostgresStorage
+from dagster_postgres.utils import create_pg_engine
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL, make_url
 
@@ -65,7 +72,22 @@ def instance_postgres_url() -> str:
 
 
 class LedgerInstanceStorage(DagsterPostgresStorage):
-    """dagster-postgres storage whose URL comes from the environment or the embedded server."""
+    """dagster-postgres storage whose URL comes from the environment or the embedded server,
+    with pooled connections."""
+
+    def __init__(self, postgres_url: str, inst_data=None) -> None:
+        super().__init__(postgres_url, inst_data=inst_data)
+        for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
+            # The same engine dagster-postgres builds for its webserver, plus a liveness check.
+            storage._engine = create_pg_engine(
+                storage.postgres_url,
+                None,
+                isolation_level="AUTOCOMMIT",
+                pool_size=1,
+                max_overflow=3,
+                pool_recycle=600,
+                pool_pre_ping=True,
+            )
 
     @classmethod
     def config_type(cls) -> dict:
