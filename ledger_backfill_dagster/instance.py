@@ -18,6 +18,13 @@ materializations, ~2 connections and 30 ms per event. Here each of the three sto
 pooled connection (plus up to 3 overflow, checked before use so a restarted server costs a
 reconnect, not an error) for the life of the process.
 
+And it turns on Dagster's batched event writes (DAGSTER_EVENT_BATCH_SIZE, opt-in, read on every
+event): a single-run backfill plans and then materializes every asset for every partition, and
+batched, those become one multi-row INSERT per 1,000 events. Measured on a trivial asset over
+1,096 partitions (in-process executor): 23.9 s → 6.1 s for the whole command, 17.8 s → 0.85 s
+for the step's materializations. The variable is set when this storage loads (every process that
+uses the instance loads it first); a value set outside wins.
+
 SQLAlchemy 2.1 maps `postgresql://` to psycopg 3, on which dagster-postgres's `NOTIFY` statement
 fails; the URL is therefore given to it with the psycopg2 dialect, which dagster-postgres installs.
 """
@@ -36,6 +43,8 @@ from ledger_backfill_dagster.resources.embedded_postgres import (
     DAGSTER_DATABASE,
     embedded_server_uri,
 )
+
+EVENT_BATCH_SIZE = "1000"
 
 
 def with_psycopg2_dialect(url: str) -> str:
@@ -77,6 +86,7 @@ class LedgerInstanceStorage(DagsterPostgresStorage):
 
     def __init__(self, postgres_url: str, inst_data=None) -> None:
         super().__init__(postgres_url, inst_data=inst_data)
+        os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
         for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
             # The same engine dagster-postgres builds for its webserver, plus a liveness check.
             storage._engine = create_pg_engine(
