@@ -397,3 +397,20 @@ def test_property_fast_and_slow_paths_agree(
     monkeypatch.setattr(csv_source, "CHUNK_ROWS", 3)
     monkeypatch.setattr(csv_source, "CHECK_BLOCK_BYTES", 37)
     assert_same(path, work, monkeypatch)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_one_chunk_spanning_more_than_1024_days(tmp_path: Path, fast: bool) -> None:
+    """A small export over ten years fits one chunk that spans 3,650 days: pyarrow's dataset
+    writer refuses more than 1,024 partitions per batch unless told otherwise."""
+    data = tmp_path / "data"
+    generate(data, entries=4000, days=3650, accounts=10, start=date(2015, 1, 1), seed=3)
+    csv_source.FAST_PATH, saved = fast, csv_source.FAST_PATH
+    try:
+        source = CsvSource(spec=str(data / "ledger_export.csv"), start_date="2015-01-01")
+        keys = [str(d.date()) for d in pd.date_range("2015-01-01", periods=3650)]
+        result = source.extract(keys, tmp_path / "staging")
+    finally:
+        csv_source.FAST_PATH = saved
+    assert sum(result.rows_by_partition.values()) == 4000
+    assert len(result.staged) == sum(1 for n in result.rows_by_partition.values() if n)

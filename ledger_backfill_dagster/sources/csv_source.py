@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 # Rows parsed per chunk. Peak memory follows it (measured on 1M rows: 744 MiB at 200k, 328 MiB at
 # 50k, no slower), not the size of the source.
 CHUNK_ROWS = 50_000
+MAX_DAYS_PER_CHUNK = 1_000_000  # days one chunk of rows may span (about 2,700 years)
 ROW_ID_FILE_STRIDE = 10**12  # source_row_id = file index × stride + line number
 
 FAST_PATH = True  # False: every file goes through the line reader (tests compare both paths)
@@ -222,6 +223,9 @@ def _write_dataset(batches: Iterator[pa.RecordBatch], tmp: Path) -> None:
         partitioning=pads.partitioning(pa.schema([("partition_key", pa.string())]), flavor="hive"),
         basename_template="part-{i}.parquet",
         max_open_files=256,
+        # pyarrow refuses a batch spanning more than 1,024 days by default; a small export of
+        # ten years in one chunk does (one partition per day since BACKFILL_START_DATE).
+        max_partitions=MAX_DAYS_PER_CHUNK,
         existing_data_behavior="overwrite_or_ignore",
     )
 
