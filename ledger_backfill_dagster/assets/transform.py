@@ -1,6 +1,7 @@
 """Stage 2, Transform Service: staged rows → candidate ledger entries (the seed's rules 1–6)."""
 
 import dagster as dg
+import pyarrow as pa
 
 from ledger_backfill_dagster.assets.common import GROUP, source_failure, stage
 from ledger_backfill_dagster.assets.extract import extracted_source
@@ -13,7 +14,21 @@ from ledger_backfill_dagster.ledger.accounts import (
 from ledger_backfill_dagster.partitions import daily_partitions
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.settings import BackfillSettings
+from ledger_backfill_dagster.stages import (
+    StageStore,
+    partition_groups,
+    partition_tables,
+    staged_frame,
+)
 from ledger_backfill_dagster.transform import TransformRules, load_mapping, transform
+
+# Rows transformed (and validated) per call: each call costs tens of milliseconds whatever its
+# size, so a thousand small daily partitions are worked in groups of up to this many rows. A
+# group's memory grows with its rows (~1.1 KB a row in transform): 50,000 rows make 1M entries
+# over 1,096 days as fast as 100,000 did, and leave the partitions of 1M entries over 30 days
+# (33k rows each) ungrouped, so that run needs no more memory than before grouping; 100,000
+# raised its peak RSS by 80-140 MB.
+GROUP_ROWS = 50_000
 
 
 @dg.asset(
@@ -46,12 +61,14 @@ def transformed_entries(
     except (OSError, AccountsFileError, ValueError) as exc:
         raise source_failure(exc) from exc
     total = generated = 0
-    for key in s.keys:
-        staged = s.store.read_extracted(s.source.source_key, key)
-        frame = transform(staged, rules)
-        s.store.write_frame(s.source.source_key, "transformed", key, frame)
-        total += len(frame)
-        generated += int(frame["reference_generated"].sum())
+    source_key = s.source.source_key
+    groups = partition_groups(
+        s.keys, lambda key: s.store.read_extracted_table(source_key, key), GROUP_ROWS
+    )
+    for group in groups:
+        rows, references = _transform_group(s.store, source_key, group, rules)
+        total += rows
+        generated += references
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(total),
@@ -60,3 +77,21 @@ def transformed_entries(
             "partitions": dg.MetadataValue.int(len(s.keys)),
         }
     )
+
+
+def _transform_group(
+    store: StageStore, source_key: str, group: list[tuple[str, pa.Table]], rules: TransformRules
+) -> tuple[int, int]:
+    """Transform a group of partitions in one call and write each partition's rows as its own
+    stage frame. `transform` maps each row on its own (its reference ids hash the row's content,
+    never its position), so a partition's rows come out the same whatever rows surround them.
+    Returns (rows, generated reference ids)."""
+    keys = [key for key, _ in group]
+    sizes = [table.num_rows for _, table in group]
+    staged = staged_frame(pa.concat_tables([table for _, table in group]))
+    group.clear()  # the Arrow tables are in `staged` now: free them before transform's peak
+    frame = transform(staged, rules)
+    del staged
+    for key, table in zip(keys, partition_tables(frame, sizes), strict=True):
+        store.write_table(source_key, "transformed", key, table)
+    return len(frame), int(frame["reference_generated"].sum())

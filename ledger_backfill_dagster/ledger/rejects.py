@@ -8,6 +8,7 @@ as the four visible characters `\x00` (as invalid UTF-8 bytes are), everything e
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import pandas as pd
 import psycopg
@@ -18,6 +19,10 @@ REPLACE_STAGE = """
 DELETE FROM ledger_backfill_rejects
  WHERE source_id = %(source_id)s AND stage = %(stage)s
    AND partition_key IS NOT DISTINCT FROM %(partition_key)s
+"""
+REPLACE_PARTITIONS = """
+DELETE FROM ledger_backfill_rejects
+ WHERE source_id = %(source_id)s AND stage = %(stage)s AND partition_key = ANY(%(partition_keys)s)
 """
 INSERT_REJECT = """
 INSERT INTO ledger_backfill_rejects (
@@ -34,6 +39,12 @@ ON CONFLICT (source_id, source_row_id) DO UPDATE
 def raw_rows(staged: pd.DataFrame, source_row_ids: pd.Series) -> pd.DataFrame:
     """The staged (untransformed) values of the given rows, as JSON objects."""
     rows = staged.loc[staged["source_row_id"].isin(source_row_ids)]
+    return raw_frame(rows, raw_documents(rows))
+
+
+def raw_documents(rows: pd.DataFrame) -> list[str]:
+    """Each staged row's untransformed values as a JSON object (columns no layout names
+    included). Depends on nothing but the row, so it can run once over many partitions' rows."""
     documents = []
     for record in rows[["source_row_id", *CANONICAL_FIELDS, "extra_columns"]].itertuples(
         index=False
@@ -43,6 +54,12 @@ def raw_rows(staged: pd.DataFrame, source_row_ids: pd.Series) -> pd.DataFrame:
         if record[-1] is not pd.NA and record[-1] is not None:
             document.update(json.loads(record[-1]))
         documents.append(json.dumps(document, ensure_ascii=False))
+    return documents
+
+
+def raw_frame(rows: pd.DataFrame, documents: list[str]) -> pd.DataFrame:
+    """`raw_rows`' frame for these staged rows and their documents. Column types follow the
+    rows given (`line_number` with a missing value becomes float), so give one partition's."""
     return pd.DataFrame(
         {
             "source_row_id": rows["source_row_id"].to_numpy(),
@@ -70,24 +87,62 @@ def replace_rejects(
         cur.execute(REPLACE_STAGE, params)
         cur.executemany(
             INSERT_REJECT,
-            [
-                (
-                    source_id,
-                    source_type,
-                    partition_key,
-                    int(row.source_row_id),
-                    _none(row.source_file),
-                    None if _none(row.line_number) is None else int(row.line_number),
-                    stage,
-                    _storable_text(_none(row.raw_text)),
-                    _storable_json(_none(row.raw_row)),
-                    list(row.reasons),
-                    run_id,
-                )
-                for row in rejects.itertuples(index=False)
-            ],
+            _insert_params(source_id, source_type, partition_key, stage, rejects, run_id),
         )
     return len(rejects)
+
+
+def replace_partition_rejects(
+    conn: psycopg.Connection,
+    *,
+    source_id: str,
+    source_type: str,
+    stage: str,
+    rejects: Mapping[str, pd.DataFrame],
+    run_id: str | None,
+) -> int:
+    """`replace_rejects` for many partitions at once: one transaction and one DELETE instead of a
+    round trip per partition. The stored rejects of (source, K, stage) become exactly
+    `rejects[K]` for every key K given, so a partition given an empty frame keeps no reject."""
+    if not rejects:
+        return 0
+    params = {"source_id": source_id, "stage": stage, "partition_keys": list(rejects)}
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(REPLACE_PARTITIONS, params)
+        rows = [
+            row
+            for key, frame in rejects.items()
+            for row in _insert_params(source_id, source_type, key, stage, frame, run_id)
+        ]
+        if rows:
+            cur.executemany(INSERT_REJECT, rows)
+    return sum(len(frame) for frame in rejects.values())
+
+
+def _insert_params(
+    source_id: str,
+    source_type: str,
+    partition_key: str | None,
+    stage: str,
+    rejects: pd.DataFrame,
+    run_id: str | None,
+) -> list[tuple]:
+    return [
+        (
+            source_id,
+            source_type,
+            partition_key,
+            int(row.source_row_id),
+            _none(row.source_file),
+            None if _none(row.line_number) is None else int(row.line_number),
+            stage,
+            _storable_text(_none(row.raw_text)),
+            _storable_json(_none(row.raw_row)),
+            list(row.reasons),
+            run_id,
+        )
+        for row in rejects.itertuples(index=False)
+    ]
 
 
 NUL = "\x00"
