@@ -10,7 +10,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledger_backfill_dagster.assets.common import GROUP, Stage, rows_table, stage
+from ledger_backfill_dagster.assets.common import GROUP, Stage, partition_table, rows_table, stage
 from ledger_backfill_dagster.assets.transform import GROUP_ROWS, transformed_entries
 from ledger_backfill_dagster.contract import ARROW_STRING, LedgerEntrySource
 from ledger_backfill_dagster.ledger.rejects import (
@@ -90,13 +90,22 @@ def validated_entries(
             f" {len(unpartitioned)} belonging to no partition; see ledger_backfill_rejects and"
             " the error reports"
         )
+    for row in totals.by_partition:  # each partition's event its own counts
+        context.add_asset_metadata(
+            {
+                "dagster/row_count": dg.MetadataValue.int(row["valid"]),
+                "valid": dg.MetadataValue.int(row["valid"]),
+                "rejected": dg.MetadataValue.int(row["rejected"]),
+            },
+            partition_key=row["partition"],
+        )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(totals.valid),
             "valid": dg.MetadataValue.int(totals.valid),
             "rejected": dg.MetadataValue.int(totals.rejected),
-            "by_partition": rows_table(
-                totals.by_partition[:500], ["partition", "valid", "rejected"]
+            **partition_table(
+                s.keys, "by_partition", totals.by_partition, ["partition", "valid", "rejected"]
             ),
             "rejected_without_partition": dg.MetadataValue.int(len(unpartitioned)),
             "error_reports": dg.MetadataValue.path(
