@@ -48,6 +48,20 @@ class _Verified:
     through_id: int
 
 
+def drifting_accounts(
+    conn: psycopg.Connection, account_ids: list[str]
+) -> list[tuple[str, Decimal, Decimal, Decimal]]:
+    """(account, expected, stored, expected − stored) for every existing given account whose
+    stored balance differs from the sum of all its entries, by account id: the full check, for
+    rollback and corrections, which need the answer now and keep no verified state."""
+    rows = conn.execute(query("balance_check_full"), {"account_ids": account_ids}).fetchall()
+    return [
+        (account_id, expected, actual, expected - actual)
+        for account_id, expected, actual, _ in rows
+        if actual is not None and expected != actual
+    ]
+
+
 class BalanceVerifier:
     def __init__(self) -> None:
         self._verified: dict[str, _Verified] = {}

@@ -31,6 +31,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ledger_backfill_dagster.ledger import audit
+from ledger_backfill_dagster.ledger.balance_check import drifting_accounts
 from ledger_backfill_dagster.sql_files import query
 
 SOURCE_ID = "ledger_corrections"
@@ -143,9 +144,7 @@ def _plan(
     )
     # Under the locks, the drift is final: recompute it exactly for the candidates.
     currencies = {d["account_id"]: d["currency_code"] for d in candidates}
-    locked = conn.execute(
-        query("touched_balance_drift"), {"account_ids": sorted(currencies)}
-    ).fetchall()
+    locked = drifting_accounts(conn, sorted(currencies))
     for account_id, expected, actual, _ in locked:
         difference = actual - expected
         suspense = suspense_account_for(template, currencies[account_id])
@@ -296,7 +295,7 @@ def _verify(conn: psycopg.Connection, outcome: CorrectionOutcome) -> None:
         {c.account_id for c in outcome.corrections}
         | {c.suspense_account_id for c in outcome.corrections}
     )
-    remaining = conn.execute(query("touched_balance_drift"), {"account_ids": touched}).fetchall()
+    remaining = drifting_accounts(conn, touched)
     skipped = {s["account_id"] for s in outcome.skipped}
     remaining = [r for r in remaining if r[0] not in skipped]
     if remaining:

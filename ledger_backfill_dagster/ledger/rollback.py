@@ -34,6 +34,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ledger_backfill_dagster.ledger import audit, constraints
+from ledger_backfill_dagster.ledger.balance_check import drifting_accounts
 from ledger_backfill_dagster.sql_files import query
 
 METHODS = ("auto", "delete", "reversal", "maintenance")
@@ -285,8 +286,7 @@ def _refusals(plan: RollbackPlan, force: bool) -> list[str]:
 
 def _drift(conn: psycopg.Connection, account_ids: list[str]) -> list[tuple[str, Decimal]]:
     """(account, entries minus stored) for the touched accounts that drift at all."""
-    rows = conn.execute(query("touched_balance_drift"), {"account_ids": account_ids}).fetchall()
-    return [(r[0], r[3]) for r in rows]
+    return [(r[0], r[3]) for r in drifting_accounts(conn, account_ids)]
 
 
 def _apply(conn: psycopg.Connection, plan: RollbackPlan, run_id: str | None, reason: str) -> None:
