@@ -859,7 +859,6 @@ def bench_posting(
     frames: list[tuple[str, Path]],
     variants: list[tuple[int, bool, int]],
 ) -> list[dict[str, Any]]:
-    import pandas as pd
     import pyarrow.parquet as pq
 
     from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
@@ -869,10 +868,7 @@ def bench_posting(
         PostingSessions,
         post_partition,
     )
-
-    def arrow_text(arrow_type: pa.DataType) -> object:  # as posted_batches reads them
-        is_text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
-        return pd.StringDtype("pyarrow") if is_text else None
+    from ledger_backfill_dagster.stages import arrow_text  # as posted_batches reads them
 
     loaded = [(key, pq.read_table(path).to_pandas(types_mapper=arrow_text)) for key, path in frames]
     total = sum(len(f) for _, f in loaded)

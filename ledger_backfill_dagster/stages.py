@@ -154,6 +154,14 @@ def partition_tables(frame: pd.DataFrame, sizes: Sequence[int]) -> Iterator[pa.T
         start = stop
 
 
+def arrow_text(arrow_type: pa.DataType) -> object:
+    """`to_pandas` type mapper: text as Arrow-backed strings, everything else as pandas does it.
+    Several times faster to read than Python strings, and a quarter of the memory."""
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pd.StringDtype("pyarrow")
+    return None
+
+
 def _arrow_types(arrow_type: pa.DataType) -> object:
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return pd.StringDtype()

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 
 from ledger_backfill_dagster.assets.common import GROUP, Stage, partition_table, rows_table, stage
 from ledger_backfill_dagster.assets.transform import GROUP_ROWS, transformed_entries
-from ledger_backfill_dagster.contract import ARROW_STRING, LedgerEntrySource
+from ledger_backfill_dagster.contract import LedgerEntrySource
 from ledger_backfill_dagster.ledger.rejects import (
     raw_documents,
     raw_frame,
@@ -22,7 +22,12 @@ from ledger_backfill_dagster.partitions import daily_partitions
 from ledger_backfill_dagster.reports import write_error_report
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.settings import BackfillSettings
-from ledger_backfill_dagster.stages import partition_groups, partition_tables, staged_frame
+from ledger_backfill_dagster.stages import (
+    arrow_text,
+    partition_groups,
+    partition_tables,
+    staged_frame,
+)
 from ledger_backfill_dagster.validation import POSTABLE_COLUMNS, ContractError, split
 
 # Columns whose type decides a verdict or the validated frame's schema.
@@ -136,7 +141,7 @@ def _validate_group(
     keys = [key for key, _ in group]
     sizes = [table.num_rows for _, table in group]
     table = _concatenated([t for _, t in group])
-    frame = None if table is None else table.to_pandas(types_mapper=_arrow_strings)
+    frame = None if table is None else table.to_pandas(types_mapper=arrow_text)
     del table
     if len(group) > 1 and (frame is None or not frame["source_row_id"].is_unique):
         for member in group:
@@ -251,11 +256,3 @@ def _read_transformed(s: Stage, key: str) -> pa.Table:
     """A partition's transformed rows (read as Arrow; `_validate_group` converts a whole group
     to pandas at once)."""
     return s.store.read_table(s.source.source_key, "transformed", key)
-
-
-def _arrow_strings(arrow_type: pa.DataType) -> object:
-    """Arrow-backed text, as the contract's vectorized checks want it (several times faster
-    than reading Python strings and converting)."""
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        return ARROW_STRING
-    return None

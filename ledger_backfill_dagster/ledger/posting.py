@@ -3,8 +3,9 @@
 Each batch is one transaction that COPYs the entries into a temporary stage, inserts them
 set-based (entries and outbox rows), then locks every account it touches in ascending id order
 and moves their balances, names the outcome of every row it did not post (duplicate, conflict,
-or already posted by this very source row), and advances the checkpoint. Either all of that commits or none of it does, so a crash at any
-moment loses at most the batch in flight and a re-run resumes after the last committed batch.
+or already posted by this very source row), and advances the checkpoint. Either all of that
+commits or none of it does, so a crash at any moment loses at most the batch in flight and a
+re-run resumes after the last committed batch.
 
 Transient database errors (lost connection, restart, serialization failure, deadlock) retry the
 batch with exponential backoff (tenacity); permanent ones fail at once, naming the rows.
