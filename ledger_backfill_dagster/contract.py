@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pa_arrow
+import pyarrow.compute as pc
 from pandera.typing import Series
 
 from ledger_backfill_dagster.currencies import minor_units_table, places_table
@@ -26,8 +28,19 @@ METADATA_NOT_JSON = "not valid JSON"
 METADATA_NUL = "\\u0000, a NUL character"
 METADATA_SURROGATE = "an unpaired UTF-16 surrogate escape"
 METADATA_TOO_DEEP = "nested too deeply to check"
-METADATA_UNSTORABLE = (METADATA_NUL, METADATA_SURROGATE)
+METADATA_NUMBER_RANGE = (
+    "a number outside NUMERIC's range (131,072 digits before the point, 16,383 after)"
+)
+METADATA_UNSTORABLE = (METADATA_NUL, METADATA_SURROGATE, METADATA_NUMBER_RANGE)
 MAX_INTEGER_DIGITS = 24
+# PostgreSQL refuses a B-tree index entry over 2,704 bytes (a third of an 8 kB page), and
+# (ledger_id, reference_id) is the ledger's unique key and the outbox's index: bounded together
+# well below it, so the database never refuses a row the contract admitted (a few kilobytes of
+# referenceId once failed a whole day). Bytes of UTF-8, not characters.
+MAX_LEDGER_ID_BYTES = 256
+MAX_REFERENCE_ID_BYTES = 2048
+# Text the ledger does not index, bounded all the same: a transaction type is a short code.
+MAX_TEXT_BYTES = 1024
 TEXT_FIELDS = (
     "ledger_id",
     "debit_account_id",
@@ -55,6 +68,12 @@ def _flag(values: pd.Series) -> pd.Series:
 
 def _plain_positive(text: pd.Series) -> pd.Series:
     return _flag(text.str.fullmatch(PLAIN_DECIMAL) & ~text.str.fullmatch(ZERO))
+
+
+def _utf8_bytes(text: pd.Series) -> pd.Series:
+    """Each value's length in UTF-8 bytes (missing stays missing), in Arrow's kernels."""
+    lengths = pc.binary_length(pa_arrow.array(text.astype(ARROW_STRING).array))
+    return pd.Series(lengths.to_pandas(types_mapper=pd.ArrowDtype), index=text.index)
 
 
 def _fraction_digits(text: pd.Series) -> pd.Series:
@@ -109,6 +128,18 @@ class LedgerEntrySource(pa.DataFrameModel):
     @pa.check("reference_id", name="referenceId: empty")
     def reference_present(cls, s: pd.Series) -> pd.Series:
         return _flag(s.str.len() > 0)
+
+    @pa.check("ledger_id", name=f"ledgerId: longer than {MAX_LEDGER_ID_BYTES} bytes")
+    def ledger_id_bounded(cls, s: pd.Series) -> pd.Series:
+        return _flag(_utf8_bytes(s) <= MAX_LEDGER_ID_BYTES)
+
+    @pa.check("reference_id", name=f"referenceId: longer than {MAX_REFERENCE_ID_BYTES} bytes")
+    def reference_bounded(cls, s: pd.Series) -> pd.Series:
+        return _flag(_utf8_bytes(s) <= MAX_REFERENCE_ID_BYTES)
+
+    @pa.check("transaction_type", name=f"transactionType: longer than {MAX_TEXT_BYTES} bytes")
+    def transaction_type_bounded(cls, s: pd.Series) -> pd.Series:
+        return _flag(_utf8_bytes(s) <= MAX_TEXT_BYTES)
 
     @pa.check("asset_type", name=f"assetType: not one of {', '.join(ASSET_TYPES)}")
     def asset_type_known(cls, s: pd.Series) -> pd.Series:

@@ -34,6 +34,9 @@ POSTABLE_COLUMNS = [
     "timestamp_utc",
     "fx_rate",
     "metadata",
+    "source_row_key",
+    "source_row_occurrence",
+    "reference_generated",
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -99,6 +100,21 @@ def open_checkpoint(
         )
         updated = cur.fetchone()
         assert updated is not None
+        if restart:
+            # The run classifies every row of the partition again: what earlier runs recorded
+            # is replaced, not added to (a re-export may have moved rows to other lines).
+            for table in ("ledger_backfill_duplicates", "ledger_backfill_conflicts"):
+                cur.execute(
+                    sql.SQL("DELETE FROM {} WHERE source_id = %s AND partition_key = %s").format(
+                        sql.Identifier(table)
+                    ),
+                    (source_id, partition_key),
+                )
+            cur.execute(
+                "DELETE FROM ledger_backfill_rejects"
+                " WHERE source_id = %s AND partition_key = %s AND stage = 'post'",
+                (source_id, partition_key),
+            )
         return _checkpoint(updated), False
 
 

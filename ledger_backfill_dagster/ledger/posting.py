@@ -45,6 +45,7 @@ from ledger_backfill_dagster.ledger.errors import (
     PausedError,
     UnknownAccountsError,
 )
+from ledger_backfill_dagster.ledger.rejects import record_refused_row
 from ledger_backfill_dagster.ledger.rollback import reinstate_reversed
 from ledger_backfill_dagster.sql_files import query
 from ledger_backfill_dagster.validation import POSTABLE_COLUMNS
@@ -64,6 +65,24 @@ TRANSIENT_SQLSTATES = {
     "08004",  # connection exceptions
     "53300",  # too_many_connections
 }
+
+
+# SQLSTATEs that blame one row's values, not the batch or the database: a data exception (class
+# 22), an index entry or value beyond a limit (54000), a check or NOT NULL constraint.
+ROW_REFUSAL_CLASSES = ("22",)
+ROW_REFUSAL_SQLSTATES = {"54000", "23514", "23502"}
+
+
+def refuses_row(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate in ROW_REFUSAL_SQLSTATES or sqlstate[:2] in ROW_REFUSAL_CLASSES
+
+
+def refusal_reason(exc: psycopg.Error) -> str:
+    """The reject reason: the database's own words (first line), which name no secret."""
+    primary = exc.diag.message_primary if exc.diag else None
+    message = (primary or str(exc)).splitlines()[0][:500]
+    return f"database refused the row ({exc.sqlstate}): {message}"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -130,6 +149,7 @@ class PostingOutcome:
     duplicates: int = 0
     conflicts: int = 0
     rejected: int = 0
+    refused: int = 0  # rows the database refused, quarantined at posting
     batches: list[BatchStats] = field(default_factory=list)
     seconds: float = 0.0
     retries: int = 0
@@ -234,6 +254,8 @@ class PartitionPoster:
         self.outcome = PostingOutcome(plan.source_id, plan.partition_key, status="IN_PROGRESS")
         self.checkpoint: checkpoints.Checkpoint | None = None
         self._committed_last_id: str | None = None  # last row of the last committed batch
+        # Entries this source posted in this partition whose source row is gone (hold_new_rows)
+        self._vanished: list[int] = []
 
     # -- connection ---------------------------------------------------------------------------
     def _lock_key(self) -> str:
@@ -343,9 +365,7 @@ class PartitionPoster:
             if self.outcome.skipped:
                 return self.outcome
             for number, batch in enumerate(self._pending_batches(), start=1):
-                for attempt in self._retrying():
-                    with attempt:
-                        self._post_batch(number, batch)
+                self._post_or_isolate(number, batch)
                 for attempt in self._retrying():
                     with attempt:
                         self._after_batch(number)
@@ -397,6 +417,25 @@ class PartitionPoster:
         if skip:
             self.outcome.skipped = True
             self.outcome.status = checkpoints.COMPLETED
+            return
+        self._vanished = self._vanished_entries(conn)
+
+    def _vanished_entries(self, conn: psycopg.Connection) -> list[int]:
+        """Only rows without a reference can be held beside a vanished entry (a row with one is
+        recognised by it), so a plan without such rows never asks."""
+        entries = self.plan.entries
+        if "reference_generated" not in entries or not entries["reference_generated"].any():
+            return []
+        rows = conn.execute(
+            query("vanished_entries"),
+            {
+                "source_id": self.plan.source_id,
+                "partition_key": self.plan.partition_key,
+                "keys": entries["source_row_key"].astype(str).tolist(),
+            },
+        ).fetchall()
+        conn.commit()
+        return [row[0] for row in rows]
 
     def _pending_batches(self) -> list[_Batch]:
         entries = self.plan.entries
@@ -430,6 +469,9 @@ class PartitionPoster:
                 "COPY post_stage (" + ", ".join(POSTABLE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
             ) as copy:
                 copy.write(_csv_bytes(pending.table))
+            cur.execute(query("mark_known_rows"), params)
+            if self._vanished:
+                cur.execute(query("hold_new_rows"), {"vanished": self._vanished})
             posted, outbox, marked = cur.execute(query("post_batch"), params).fetchone()
             locked = {row[0] for row in cur.execute(query("lock_batch_accounts")).fetchall()}
             wanted = set(batch["debit_account_id"]) | set(batch["credit_account_id"])
@@ -459,16 +501,17 @@ class PartitionPoster:
                 raise DuplicateEntriesError(
                     self.plan.partition_key, [(o[2], o[3], o[1]) for o in duplicates]
                 )
-            if duplicates:
-                cur.execute(
-                    query("record_duplicates"),
-                    {**params, "source_row_ids": [o[0] for o in duplicates]},
-                )
-            if conflicts:
-                cur.execute(
-                    query("record_conflicts"),
-                    {**params, "source_row_ids": [o[0] for o in conflicts]},
-                )
+            for name, rows in (("record_duplicates", duplicates), ("record_conflicts", conflicts)):
+                if rows:
+                    cur.execute(
+                        query(name),
+                        {
+                            **params,
+                            "source_row_ids": [o[0] for o in rows],
+                            "existing_ids": [o[4] for o in rows],
+                            "same_source_row": [o[6] for o in rows],
+                        },
+                    )
             if already:  # a row whose entry a rollback reversed is re-applied (ledger/rollback.py)
                 reinstate_reversed(
                     cur, [o[4] for o in outcomes if o[5] == "ALREADY_POSTED"], self.plan.run_id
@@ -514,6 +557,75 @@ class PartitionPoster:
         self.outcome.touched_accounts |= wanted
         if self.on_batch:
             self.on_batch(self.outcome, stats)
+
+    def _post_or_isolate(self, number: int, batch: _Batch) -> None:
+        """Post the batch; if the database refuses one of its rows (a value it cannot store, an
+        index entry too large), find that row by halving and quarantine it with the database's
+        reason: its neighbours still post, and the day does not fail on every re-run."""
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self._post_batch(number, batch)
+        except psycopg.Error as exc:
+            if not refuses_row(exc):
+                raise
+            self._close()
+            rows = len(batch.frame)
+            if rows == 1:
+                for attempt in self._retrying():
+                    with attempt:
+                        self._quarantine(number, batch, exc)
+                return
+            half = rows // 2
+            for part in (
+                _Batch(batch.frame.iloc[:half], batch.table.slice(0, half)),
+                _Batch(batch.frame.iloc[half:], batch.table.slice(half)),
+            ):
+                self._post_or_isolate(number, part)
+
+    def _quarantine(self, number: int, batch: _Batch, refusal: psycopg.Error) -> None:
+        """One refused row: a reject (stage `post`) and the checkpoint past it, in one
+        transaction, so the accounting still adds up and a resume does not try it again."""
+        conn = self._ensure_connection()
+        assert self.checkpoint is not None
+        row = batch.frame.iloc[0]
+        last_id = str(int(row["source_row_id"]))
+        reason = refusal_reason(refusal)
+        with conn.transaction(), conn.cursor() as cur:
+            record_refused_row(
+                cur,
+                self.plan.source_id,
+                self.plan.source_type,
+                self.plan.partition_key,
+                {name: row[name] for name in POSTABLE_COLUMNS if name in row.index},
+                reason,
+                self.plan.run_id,
+            )
+            cur.execute(
+                checkpoints.ADVANCE,
+                {
+                    "id": self.checkpoint.id,
+                    "previous_last_id": self._committed_last_id,
+                    "last_id": last_id,
+                    "last_ts": row["timestamp_utc"].tz_convert(None).to_pydatetime(),
+                    "processed": 1,
+                    "successful": 0,
+                    "duplicates": 0,
+                    "conflicts": 0,
+                },
+            )
+            if cur.rowcount != 1:
+                self._assert_committed_before(cur, number, last_id)
+                raise psycopg.Rollback()
+        self._committed_last_id = last_id
+        self.outcome.refused += 1
+        log.warning(
+            "partition %s: source row %s (line %s) refused by the database and quarantined: %s",
+            self.plan.partition_key,
+            last_id,
+            row.get("line_number"),
+            reason,
+        )
 
     def _assert_committed_before(self, cur: psycopg.Cursor, number: int, last_id: str) -> None:
         assert self.checkpoint is not None

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import pandas as pd
 import psycopg
 
+from ledger_backfill_dagster import exact_json
 from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
 
 REPLACE_STAGE = """
@@ -52,8 +53,10 @@ def raw_documents(rows: pd.DataFrame) -> list[str]:
         values = dict(zip(CANONICAL_FIELDS, record[1:-1], strict=True))
         document = {k: (None if v is pd.NA else v) for k, v in values.items()}
         if record[-1] is not pd.NA and record[-1] is not None:
-            document.update(json.loads(record[-1]))
-        documents.append(json.dumps(document, ensure_ascii=False))
+            # Exact numbers: a float would bend them, and one JSONB cannot store is kept as
+            # its text, so the reject itself is always stored.
+            document.update(exact_json.loads(record[-1])[0])
+        documents.append(exact_json.dumps(document))
     return documents
 
 
@@ -169,7 +172,7 @@ def _storable_json(value: object) -> object:
             return [clean(v) for v in node]
         return node
 
-    return json.dumps(clean(json.loads(value)), ensure_ascii=False)
+    return exact_json.dumps(clean(exact_json.loads(value)[0]))
 
 
 def _none(value: object) -> object:
@@ -178,3 +181,47 @@ def _none(value: object) -> object:
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+POST_STAGE = "post"
+
+
+def record_refused_row(
+    cur: psycopg.Cursor,
+    source_id: str,
+    source_type: str,
+    partition_key: str,
+    entry: Mapping[str, object],
+    reason: str,
+    run_id: str | None,
+) -> None:
+    """Quarantine one validated entry the database itself refused (stage `post`), with the
+    database's reason: the last line of defence behind the contract's own bounds."""
+    values = {name: _json_value(value) for name, value in entry.items()}
+    cur.execute(
+        INSERT_REJECT,
+        (
+            source_id,
+            source_type,
+            partition_key,
+            int(entry["source_row_id"]),  # type: ignore[call-overload]
+            None,
+            None if _none(entry.get("line_number")) is None else int(entry["line_number"]),  # type: ignore[call-overload]
+            POST_STAGE,
+            None,
+            _storable_json(json.dumps(values, ensure_ascii=False)),
+            [reason],
+            run_id,
+        ),
+    )
+
+
+def _json_value(value: object) -> object:
+    value = _none(value)
+    if hasattr(value, "item") and not isinstance(value, str):  # a numpy scalar
+        value = value.item()  # type: ignore[union-attr]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()  # type: ignore[union-attr]
+    return str(value)

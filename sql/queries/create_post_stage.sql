@@ -1,6 +1,7 @@
 -- create_post_stage.sql
 -- Per-connection staging table for one batch. Rows are COPYed in, posted set-based, and vanish at
--- commit (or with the rollback of a failed batch).
+-- commit (or with the rollback of a failed batch). The last two columns are filled by
+-- mark_known_rows.sql and hold_new_rows.sql before anything is inserted.
 CREATE TEMP TABLE IF NOT EXISTS post_stage (
     source_row_id         BIGINT NOT NULL,
     line_number           BIGINT,
@@ -17,5 +18,10 @@ CREATE TEMP TABLE IF NOT EXISTS post_stage (
     timestamp_utc         TIMESTAMPTZ NOT NULL,
     fx_rate               NUMERIC,
     metadata              JSONB,
-    entry_id              BIGINT
+    source_row_key        TEXT NOT NULL,
+    source_row_occurrence INTEGER NOT NULL,
+    reference_generated   BOOLEAN NOT NULL,
+    entry_id              BIGINT,
+    known_entry_id        BIGINT,  -- the entry this source row already posted (any form)
+    held_against          BIGINT   -- a vanished entry this new row may replace: held
 ) ON COMMIT DELETE ROWS

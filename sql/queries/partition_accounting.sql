@@ -2,10 +2,15 @@
 -- Where every valid source row of each partition ended: posted (entries whose lineage names this
 -- source and partition), skipped as a duplicate, held as a conflict, or rejected by the contract.
 WITH keys AS (SELECT unnest(%(partition_keys)s::TEXT[]) AS partition_key),
+-- An entry whose own source row is now held as a conflict (posted before in another form, or
+-- vanished beside a new row: same_source_row) is that row's fate once, as held, not also posted.
 posted AS (
-    SELECT backfill_partition AS partition_key, count(*) AS n
-      FROM ledger_entries
-     WHERE backfill_source_id = %(source_id)s AND backfill_partition = ANY(%(partition_keys)s)
+    SELECT e.backfill_partition AS partition_key, count(*) AS n
+      FROM ledger_entries e
+     WHERE e.backfill_source_id = %(source_id)s AND e.backfill_partition = ANY(%(partition_keys)s)
+       AND NOT EXISTS (SELECT 1 FROM ledger_backfill_conflicts c
+                        WHERE c.source_id = %(source_id)s AND c.same_source_row
+                          AND c.existing_entry_id = e.id)
      GROUP BY 1
 ),
 duplicates AS (

@@ -1,6 +1,7 @@
 -- post_batch.sql
 -- Post the staged batch set-based, in one statement: insert the first occurrence of each
--- (ledger_id, reference_id) unless the ledger already holds it, write one outbox row per entry,
+-- (ledger_id, reference_id) unless the ledger already holds it or its source row
+-- (mark_known_rows.sql), or it is held (hold_new_rows.sql), write one outbox row per entry,
 -- and mark which staged rows were posted (post_stage.entry_id). The balances move afterwards in
 -- the same transaction (lock_batch_accounts.sql, then apply_batch_balances.sql): the accounts are
 -- locked only for the short end of the batch, so concurrent partitions insert in parallel.
@@ -11,24 +12,27 @@ WITH staged AS (
            row_number() OVER (PARTITION BY s.ledger_id, s.reference_id
                               ORDER BY s.source_row_id) AS occurrence
       FROM post_stage s
+     WHERE s.known_entry_id IS NULL AND s.held_against IS NULL
 ),
 inserted AS (
     INSERT INTO ledger_entries (
         ledger_id, debit_account_id, credit_account_id, amount, currency_code,
         credit_amount, credit_currency_code, asset_type, transaction_type, reference_id,
         timestamp_utc, fx_rate, metadata, backfill_source_id, backfill_source_type,
-        backfill_partition, backfill_run_id, source_row_id, content_fingerprint)
+        backfill_partition, backfill_run_id, source_row_id, source_row_key, content_fingerprint)
     SELECT ledger_id, debit_account_id, credit_account_id, amount, currency_code,
            credit_amount, credit_currency_code, asset_type, transaction_type, reference_id,
            timestamp_utc, fx_rate, metadata, %(source_id)s, %(source_type)s,
-           %(partition_key)s, %(run_id)s, source_row_id,
+           %(partition_key)s, %(run_id)s, source_row_id, source_row_key,
            ledger_entry_fingerprint(ledger_id, debit_account_id, credit_account_id, amount,
                currency_code, credit_amount, credit_currency_code, asset_type,
                transaction_type, reference_id, timestamp_utc, fx_rate, metadata)
       FROM staged
      WHERE occurrence = 1
      ORDER BY source_row_id
-        ON CONFLICT (ledger_id, reference_id) DO NOTHING
+    -- Either unique key: (ledger_id, reference_id), or (source, source_row_key) should a
+    -- concurrent run have posted the same source row since mark_known_rows.sql looked.
+        ON CONFLICT DO NOTHING
     RETURNING id, ledger_id, reference_id, source_row_id,
               debit_account_id, credit_account_id, amount, credit_amount
 ),
