@@ -385,3 +385,41 @@ def test_property_no_setting_change_posts_a_row_twice(
     assert entries(conn) == posted, json.dumps(rows)
     assert balances(conn) == first_balances
     assert_ledger_invariants(conn)
+
+
+def test_a_ledger_built_before_row_keys_is_never_posted_twice(
+    tmp_path: Path,
+    backfill_env: dict[str, str],
+    conn: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ledger posted by the release before migration 008 has no source_row_key: its entries
+    are recognised by (ledger_id, reference_id) (generated ids of a first occurrence are what
+    that release generated) or, after a setting changed, by their old line-based row id."""
+    rows = [row(f"{n}.00", f"2024-03-31T{n:02d}:00:00Z", reference=f"R-{n}" if n % 2 else "")
+            for n in range(1, 9)]  # fmt: skip
+    export = tmp_path / "export.csv"
+    write_rows(export, rows)
+    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(export))
+    monkeypatch.setenv("ACCOUNTS_FILE", str(write_accounts(tmp_path)))
+    materialize_range(FIRST, LAST)
+    conn.execute("UPDATE ledger_entries SET source_row_key = NULL")  # as that release left it
+    before = balances(conn)
+
+    materialize_range(FIRST, LAST)  # the same export again, FORCE_REDO as a user would
+    monkeypatch.setenv("FORCE_REDO", "true")
+    materialize_range(FIRST, LAST)
+    assert entries(conn) == 8 and balances(conn) == before
+    assert outcomes(conn) == {"duplicates": 0, "conflicts": 0, "rejects": 0}
+
+    write_rows(export, rows[:3] + [row("50.00", "2024-03-31T03:30:00Z")] + rows[3:])
+    materialize_range(FIRST, LAST)  # a re-export with a row inserted: only it posts
+    assert entries(conn) == 9
+    assert outcomes(conn) == {"duplicates": 0, "conflicts": 0, "rejects": 0}
+
+    write_rows(export, rows)
+    conn.execute("UPDATE ledger_entries SET source_row_key = NULL")
+    monkeypatch.setenv("LEDGER_ID", "OTHER")  # a setting changed: held, never posted again
+    materialize_range(FIRST, LAST, raise_on_error=False)
+    assert entries(conn) == 9
+    assert_ledger_invariants(conn)

@@ -256,6 +256,8 @@ class PartitionPoster:
         self._committed_last_id: str | None = None  # last row of the last committed batch
         # Entries this source posted in this partition whose source row is gone (hold_new_rows)
         self._vanished: list[int] = []
+        # Entries from before source row keys that a row on their old line may have posted
+        self._unclaimed_legacy: list[int] = []
 
     # -- connection ---------------------------------------------------------------------------
     def _lock_key(self) -> str:
@@ -419,6 +421,31 @@ class PartitionPoster:
             self.outcome.status = checkpoints.COMPLETED
             return
         self._vanished = self._vanished_entries(conn)
+        self._unclaimed_legacy = self._legacy_entries(conn)
+
+    def _legacy_entries(self, conn: psycopg.Connection) -> list[int]:
+        """Only a ledger posted before migration 008 has entries without a key; on any other
+        the partial index answers at once and the partition's rows are not sent."""
+        unkeyed = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM ledger_entries"
+            " WHERE backfill_source_id = %s AND source_row_key IS NULL)",
+            (self.plan.source_id,),
+        ).fetchone()
+        if not (unkeyed and unkeyed[0]):
+            conn.commit()
+            return []
+        entries = self.plan.entries
+        rows = conn.execute(
+            query("legacy_entries_unclaimed"),
+            {
+                "source_id": self.plan.source_id,
+                "row_ids": entries["source_row_id"].astype("int64").tolist(),
+                "ledger_ids": entries["ledger_id"].astype(str).tolist(),
+                "reference_ids": entries["reference_id"].astype(str).tolist(),
+            },
+        ).fetchall()
+        conn.commit()
+        return [row[0] for row in rows]
 
     def _vanished_entries(self, conn: psycopg.Connection) -> list[int]:
         """Only rows without a reference can be held beside a vanished entry (a row with one is
@@ -469,7 +496,9 @@ class PartitionPoster:
                 "COPY post_stage (" + ", ".join(POSTABLE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
             ) as copy:
                 copy.write(_csv_bytes(pending.table))
-            cur.execute(query("mark_known_rows"), params)
+            cur.execute(
+                query("mark_known_rows"), {**params, "unclaimed_legacy": self._unclaimed_legacy}
+            )
             if self._vanished:
                 cur.execute(query("hold_new_rows"), {"vanished": self._vanished})
             posted, outbox, marked = cur.execute(query("post_batch"), params).fetchone()
