@@ -19,6 +19,7 @@ from ledger_backfill_dagster.maintenance_jobs import MAINTENANCE_JOBS
 from ledger_backfill_dagster.monitoring import alert_hook_from_env
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.source_connection import OutboxEndpoint
+from ledger_backfill_dagster.run_executor import ledger_in_process_executor
 from ledger_backfill_dagster.schedules import SCHEDULES
 from ledger_backfill_dagster.sensors import stalled_backfill_sensor
 from ledger_backfill_dagster.settings import BackfillSettings
@@ -52,6 +53,8 @@ defs = dg.Definitions(
         "outbox_endpoint": OutboxEndpoint.from_env(),  # OUTBOX_RELAY_URL / _TOKEN as EnvVars
     },
     # Stages of one run run in order in one process: no per-step process start-up, and
-    # partitions run in parallel through PARALLEL_WORKERS or concurrent runs instead.
-    executor=dg.in_process_executor,
+    # partitions run in parallel through PARALLEL_WORKERS or concurrent runs instead. Dagster's
+    # in-process executor, whose wait for a `ledger_pg` slot can be stopped and frees the slots
+    # of runs whose process is gone (run_executor.py).
+    executor=ledger_in_process_executor,
 )

@@ -147,16 +147,25 @@ class PartitionState:
     conflicts: int
     last_id: int | None
     run_id: str | None
+    to_process: int = 0
+
+    @property
+    def remaining(self) -> int:
+        """Rows of the partition's plan not committed yet."""
+        return self.to_process - self.processed
 
 
 def checkpoints(conn: psycopg.Connection) -> dict[str, PartitionState]:
     rows = conn.execute(
         "SELECT partition_key, status, batches_committed, total_processed, total_successful,"
-        " total_duplicates, total_conflicts, last_processed_id, run_id"
+        " total_duplicates, total_conflicts, last_processed_id, run_id,"
+        " coalesce(total_to_process, 0)"
         " FROM ledger_backfill_checkpoints ORDER BY partition_key"
     ).fetchall()
     return {
-        r[0]: PartitionState(r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]) if r[7] else None, r[8])
+        r[0]: PartitionState(
+            r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]) if r[7] else None, r[8], r[9]
+        )
         for r in rows
     }
 
@@ -190,27 +199,122 @@ def wait_for_posters_gone(conn: psycopg.Connection, timeout: float = 30) -> None
     wait_until(gone, timeout, "the killed run's database sessions to end", interval=0.05)
 
 
-def mark_dead_runs_failed(home: Path) -> list[str]:
-    """What an operator does after a run's process died (UI: Terminate → force, then Free
-    concurrency slots): mark it failed and release its `ledger_pg` pool slot. Without this a
-    SIGKILLed run keeps its slot for good, and after four kills new runs wait forever."""
-    ended = []
-    with dg.DagsterInstance.from_config(str(home)) as instance:
-        records = instance.get_run_records(
-            dg.RunsFilter(
-                statuses=[
-                    dg.DagsterRunStatus.STARTED,
-                    dg.DagsterRunStatus.STARTING,
-                    dg.DagsterRunStatus.NOT_STARTED,
-                ]
-            )
+def poster_blocked(conn: psycopg.Connection, except_on: str) -> bool:
+    """A posting connection waits on a heavyweight lock, in a statement without except_on."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s AND wait_event_type = 'Lock' AND query NOT ILIKE %s",
+            (POSTER_APP, f"%{except_on}%"),
+        ).fetchone()
+        is not None
+    )
+
+
+class Locker:
+    """A second connection that holds a real lock the poster will need, at a chosen moment."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url)
+
+    def hold(self, statement: str, params: tuple = ()) -> None:
+        self.conn.execute(statement, params)
+
+    def release(self) -> None:
+        self.conn.rollback()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+HOLD_PARTITION_OPENING = (
+    "INSERT INTO ledger_backfill_checkpoints (source_id, source_type, partition_key)"
+    " VALUES (%s, 'CSV', %s)"
+)
+PAUSE_PROBE_TABLE = "ledger_backfill_pause_requests"
+HOLD_PAUSE_PROBE = f"LOCK TABLE {PAUSE_PROBE_TABLE} IN ACCESS EXCLUSIVE MODE"
+HOLD_ACCOUNTS = "SELECT id FROM bank_accounts ORDER BY id FOR UPDATE"
+
+
+class PosterStepper:
+    """Moves a run's poster forward one committed batch at a time, with two real locks.
+
+    After every committed batch the poster reads the pause table: while `pause` holds that table
+    locked, the poster stops right after a commit. To let exactly one more batch through, the
+    accounts are locked first (the next batch stops at its account locks), the table released,
+    locked again once the batch waits for the accounts, and the accounts released: the batch
+    commits and the poster stops at its next pause check. No step depends on how fast anything
+    runs; each waits for the lock the poster is seen waiting on."""
+
+    def __init__(self, url: str, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.pause = Locker(url)
+        self.accounts = Locker(url)
+
+    def hold(self) -> None:
+        """Take the pause table before the run starts: its first commit is then a stop."""
+        self.pause.hold(HOLD_PAUSE_PROBE)
+
+    def let_go(self) -> None:
+        self.pause.release()
+        self.accounts.release()
+
+    def close(self) -> None:
+        self.pause.close()
+        self.accounts.close()
+
+    def wait_after_commit(self, backfill: Backfill) -> None:
+        wait_until(
+            lambda: poster_waiting_on_lock(self.conn, PAUSE_PROBE_TABLE),
+            120,
+            "the poster to stop after a commit",
+            backfill,
         )
-        for record in records:
-            run = record.dagster_run
-            instance.report_run_failed(run, "the run's process was killed (fault test)")
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            ended.append(run.run_id)
-    return ended
+
+    def step(self, backfill: Backfill) -> None:
+        """From a stop after a commit, let exactly one more batch commit and stop again."""
+        self.accounts.hold(HOLD_ACCOUNTS)
+        self.pause.release()
+        wait_until(
+            lambda: poster_blocked(self.conn, except_on=PAUSE_PROBE_TABLE),
+            60,
+            "the next batch to wait for its accounts",
+            backfill,
+        )
+        self.hold()
+        self.accounts.release()
+        self.wait_after_commit(backfill)
+
+    def advance_until(
+        self,
+        backfill: Backfill,
+        current: Callable[[], tuple[str, PartitionState]],
+        done: Callable[[PartitionState], bool],
+    ) -> tuple[str, PartitionState]:
+        """Step batch by batch until the partition being posted satisfies done. The caller makes
+        sure the run has a batch left to post before it reaches a state that does."""
+        self.wait_after_commit(backfill)
+        while True:
+            key, state = current()
+            if done(state):
+                return key, state
+            self.step(backfill)
+
+
+def dagster_runs(home: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    """Every run of this Dagster instance: its status and its tags."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        return {
+            r.dagster_run.run_id: (r.dagster_run.status.value, dict(r.dagster_run.tags))
+            for r in instance.get_run_records()
+        }
+
+
+def pool_claims(home: Path, pool: str = "ledger_pg") -> tuple[set[str], set[str]]:
+    """(runs holding a slot of the pool, runs queued for one)."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        info = instance.event_log_storage.get_concurrency_info(pool)
+        return info.active_run_ids, info.pending_run_ids
 
 
 @dataclass
