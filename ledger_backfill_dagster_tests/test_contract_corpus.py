@@ -512,8 +512,9 @@ def corpus() -> list[Case]:
             partition=None,
         ),
         Case(
-            "unclosed quote",
-            raw=_raw(0, d, transactionType='"PAYMENT'),
+            # An unclosed quote takes the rest of the file (issue #13): test_hardening_csv_quotes.
+            "text after a closing quote",
+            raw=_raw(0, d, transactionType='"PAY"MENT'),
             expect=MALFORMED,
             reasons=("quot",),
             partition=None,

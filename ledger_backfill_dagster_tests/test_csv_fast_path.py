@@ -287,6 +287,17 @@ FALLBACKS = {
     "invalid utf-8": b"%s\nL,A,B,1,USD,fiat,T,R\xff1,2024-01-02T00:00:00Z,,\n",
     "bom inside": b"%s\n\xef\xbb\xbfL,A,B,1,USD,fiat,T,R1,2024-01-02T00:00:00Z,,\n",
     "nul": b"%s\nL,A,B,1,USD,fiat,T,R\x001,2024-01-02T00:00:00Z,,\n",
+    # Issue #13: a quoted field over many lines that look like records is one field; a quote that
+    # never closes takes the rest of the file; quotes inside an unquoted field open nothing.
+    "quoted field of 60 record-like lines": b'%s\nL,A,B,1,USD,fiat,T,R1,2024-01-02T00:00:00Z,,"'
+    + b"L,A,B,2,USD,fiat,T,R2,2024-01-02T00:00:00Z,,\n" * 60
+    + b'"\nL,A,B,3,USD,,,R3,2024-01-03T00:00:00Z,,\n',
+    "unclosed quote, then record-like lines": b'%s\nL,A,B,1,USD,fiat,T,R1,2024-01-02T00:00:00Z,,"'
+    + b"\nL,A,B,2,USD,fiat,T,R2,2024-01-02T00:00:00Z,," * 60,
+    "quote reopened on a record's second line": b"%s\nL,A,B,1,USD,fiat,T,R1,2024-01-02T00:00:00Z"
+    b',"x\ny","z\nL,A,B,2,USD,,,R2,2024-01-03T00:00:00Z,,\n',
+    "doubled quotes in an unquoted field": b'%s\nL,A,B,1,USD,fiat,T,R""1,2024-01-02T00:00:00Z,,\n',
+    "a quote after a space": b'%s\nL,A,B,1,USD,fiat,T, "R1",2024-01-02T00:00:00Z,,\n',
 }
 
 
@@ -308,6 +319,31 @@ def test_a_line_longer_than_the_limit_goes_to_the_line_reader(
     path = write_rows(tmp_path / "x.csv", [row(metadata="m" * 300)])
     assert _fast_plan(path) is None
     assert_same(path, tmp_path, monkeypatch)
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def test_a_quoted_field_past_csvs_field_limit_is_read_fast_and_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300,000 characters, past the csv module's default limit (131,072) but within a block."""
+    metadata = '{"note": "' + 'a, \\"b\\" ' * 30_000 + '"}'
+    path = write_rows(tmp_path / "x.csv", [row(metadata=_quoted(metadata)), row(referenceId="R-2")])
+    assert _fast_plan(path) is not None
+    fast = assert_same(path, tmp_path, monkeypatch)
+    assert fast.rows["metadata"].tolist() == [metadata, ""]
+
+
+def test_a_line_past_the_fast_limit_is_read_whole_by_the_line_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metadata = '{"note": "' + "x, " * (csv_source.MAX_FAST_LINE_BYTES // 3 + 1) + '"}'
+    path = write_rows(tmp_path / "x.csv", [row(metadata=_quoted(metadata)), row(referenceId="R-2")])
+    assert _fast_plan(path) is None
+    fast = assert_same(path, tmp_path, monkeypatch)
+    assert fast.rows["metadata"].tolist() == [metadata, ""]
 
 
 def test_folder_mixing_fast_and_fallback_files(
@@ -352,6 +388,8 @@ QUOTED_FIELD = st.lists(st.sampled_from(["a", ",", '""', " ", "é"]), max_size=4
     lambda parts: '"' + "".join(parts) + '"'
 )
 JUNK_FIELD = st.lists(FIELD_PIECES, max_size=3).map("".join)
+# A quoted field over up to 80 lines that look like records (issue #13): one field, never records.
+MANY_LINES_FIELD = st.integers(0, 80).map(lambda n: '"' + "L,A,B,1,USD,,,R,,,\n" * n + 'x"')
 STAMPS = st.sampled_from(
     [
         "2024-01-02T03:04:05Z",
@@ -377,6 +415,8 @@ def csv_files(draw: st.DrawFn) -> bytes:
         fields[CANONICAL_FIELDS.index("timestampUtc")] = draw(STAMPS)
         if messy and draw(st.integers(0, 9)) == 0:
             fields = fields[: draw(st.integers(1, len(fields)))]  # a short line
+        if messy and draw(st.integers(0, 9)) == 0:
+            fields[draw(st.integers(0, len(fields) - 1))] = draw(MANY_LINES_FIELD)
         lines.append(",".join(fields))
     end = draw(st.sampled_from(["\n", "", "\n\n"] if messy else ["\n", ""]))
     return ("\n".join([HEADER, *lines]) + end).encode()

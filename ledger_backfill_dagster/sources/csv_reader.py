@@ -1,27 +1,49 @@
-"""A CSV reader that never lets one bad line take the file down.
+"""A CSV reader that never lets one bad record take the file down, nor smuggle one in.
 
-Each record comes back with the physical line it started on. A line that cannot be a record
+Each record comes back with the physical line it started on. A record that cannot be one
 (invalid UTF-8, a byte-order mark inside the file, broken quoting, the wrong number of fields)
-comes back as a `MalformedLine` naming the line and the fault, and reading goes on at the next
-line. Blank lines are skipped. A BOM at the very start of the file is the normal Excel export
+comes back as a `MalformedLine` naming its first line and the fault, and reading goes on after
+it. Blank lines are skipped. A BOM at the very start of the file is the normal Excel export
 marker and is stripped.
 
-Why not pandas/pyarrow's readers: they either stop at the first malformed line or skip it
-without telling which physical line it was, and an unclosed quote makes them swallow every line up
-to the next quote. Rows without quotes (the vast majority) take a plain `str.split` fast path.
+Quoting follows RFC 4180. A quote opens a quoted field only at the start of a field; the field
+then runs to its closing quote (a doubled quote inside it is data), however many characters or
+lines that takes, and no line inside it is ever read as a record of its own. If the quote never
+closes, the rest of the file is that one malformed record, whose reason names the line where the
+quote opened. A quote anywhere else (`ab"c`, or text after a closing quote: `"ab"c`) is a stray
+quote: the record is malformed, but the quote opens nothing, so the record still ends at the end
+of its line.
+
+Why not pandas/pyarrow's or the csv module's readers alone: they either stop at the first
+malformed line or skip it without telling which physical line it was; the csv module takes a stray
+quote in an unquoted field as data and refuses a field longer than its `field_size_limit`. Lines
+without quotes (the vast majority) take a plain `str.split`; a line whose quoted fields open and
+close in place (checked by one regular expression) is read by the csv module; any other record
+goes to `_RecordParser`, which cuts it with regular expressions and `str.find`, not character by
+character (a 10 MiB field takes a fraction of a second, 100,000 lines of one field as long).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 BOM = "\ufeff"
-CR_STAND_IN = "\uffff"  # a Unicode noncharacter: stands in for CR while the csv module parses
-# A quoted field may hold line breaks; a record is given up after this many physical lines.
-MAX_LINES_PER_RECORD = 50
+# A record's text (line breaks included) is kept up to this many characters, so memory stays
+# bounded when a quote opened early in a large file never closes. A longer record is still read to
+# its end, as one record, and rejected. No ledger row comes near it: every field but metadata is
+# short, and PostgreSQL refuses a JSONB document of 256 MiB or more anyway.
+MAX_RECORD_CHARS = 64 * 2**20
+# A quoted field's text up to its closing quote: anything but a quote, or a doubled quote.
+QUOTED_TEXT = re.compile(r'[^"]*(?:""[^"]*)*')
+# A line of fields each either quoted whole (`"…""…"`) or free of quotes.
+_FIELD = r'(?:"[^"]*(?:""[^"]*)*"|[^",]*)'
+WHOLE_LINE = re.compile(f"{_FIELD}(?:,{_FIELD})*")
+
+Lines = Iterator[tuple[int, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,54 +78,20 @@ def _strip_eol(text: str) -> str:
     return text
 
 
-def _parse_quoted(text: str) -> list[str] | None:
-    """Parse one logical record with strict quoting; None if the quoting is broken.
-
-    Records end only at LF, so a bare CR left inside the record is data, quoted or not (pandas
-    on Linux writes a CR inside a field without quotes). The csv module would call an unquoted
-    one a line break, so it is swapped for a character the text does not hold while parsing."""
-    swap = "\r" in text and CR_STAND_IN not in text
-    if swap:
-        text = text.replace("\r", CR_STAND_IN)
-    try:
-        rows = list(csv.reader([text], strict=True))
-    except csv.Error:
-        return None
-    if len(rows) != 1:
-        return None
-    return [f.replace(CR_STAND_IN, "\r") for f in rows[0]] if swap else rows[0]
-
-
-def _quotes_balanced(text: str) -> bool:
-    return text.count('"') % 2 == 0
-
-
-class _Lines:
-    """Physical lines with their numbers, and room to push lines back after a failed lookahead."""
-
-    def __init__(self, raw_lines: Iterable[bytes]) -> None:
-        self._source = iter(raw_lines)
-        self._pushed: list[tuple[int, bytes]] = []
-        self._number = 0
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> tuple[int, bytes]:
-        if self._pushed:
-            return self._pushed.pop()
-        raw = next(self._source)
-        self._number += 1
-        return self._number, raw
-
-    def push_back(self, lines: list[tuple[int, bytes]]) -> None:
-        self._pushed.extend(reversed(lines))
+def _body_end(text: str) -> int:
+    """Where `text` ends without its line break (LF or CRLF), like `_strip_eol`, without a copy."""
+    end = len(text)
+    if text.endswith("\n"):
+        end -= 1
+    if text.endswith("\r", 0, end):
+        end -= 1
+    return end
 
 
 def read_records(path: Path) -> tuple[list[str], Iterator[Record | MalformedLine]]:
     """Open `path`; return its header fields and an iterator over its records and bad lines."""
     handle = path.open("rb")
-    lines = _Lines(handle)
+    lines: Lines = enumerate(handle, start=1)
     header: list[str] | None = None
     for number, raw in lines:
         text = _decode(raw)
@@ -133,66 +121,211 @@ def read_records(path: Path) -> tuple[list[str], Iterator[Record | MalformedLine
     return header, records()
 
 
-def _records(lines: _Lines, width: int) -> Iterator[Record | MalformedLine]:
+def _records(lines: Lines, width: int) -> Iterator[Record | MalformedLine]:
     for number, raw in lines:
-        decoded = _decode(raw)
-        if decoded is None:
-            yield MalformedLine(number, raw.decode("utf-8", "backslashreplace"), "invalid UTF-8")
+        strict = _decode(raw)
+        # Invalid bytes become `\xNN` text: no quote, comma or line break is added or lost, so
+        # the record still ends where its quoting says.
+        text = strict if strict is not None else raw.decode("utf-8", "backslashreplace")
+        body = _strip_eol(text)
+        if not body.strip():
             continue
-        text = _strip_eol(decoded)
-        if not text.strip():
-            continue
-        if text.startswith(BOM):
-            yield MalformedLine(number, text, "byte-order mark inside the file")
-            continue
-        if '"' not in text:
-            fields = text.split(",")
-        elif _quotes_balanced(text):
-            fields = _parse_quoted(text)
-            if fields is None:
-                yield MalformedLine(number, text, "broken quoting")
-                continue
-        else:
-            record = _multiline_record(lines, number, decoded, width)
-            yield record or MalformedLine(number, text, "broken quoting (unclosed quote)")
-            continue
-        if len(fields) != width:
-            yield MalformedLine(
-                number, text, f"wrong field count: expected {width}, found {len(fields)}"
-            )
-            continue
-        yield Record(number, fields)
+        item = _one_line_record(number, text, body, strict is not None, width)
+        if item is None:
+            item = _parsed_record(lines, number, text, strict is not None, width)
+        yield item
 
 
-def _multiline_record(
-    lines: _Lines, number: int, first: str, width: int
+def _one_line_record(
+    number: int, text: str, body: str, valid_utf8: bool, width: int
 ) -> Record | MalformedLine | None:
-    """Join following lines while a quoted field stays open. A record that closes properly is
-    one record, even with the wrong number of fields (then it is malformed as a whole). If the
-    quote never closes into a parseable record, push the lines back (None): only the first line
-    is lost. Line breaks inside the quoted field are kept as written (LF or CRLF)."""
-    consumed: list[tuple[int, bytes]] = []
-    text = first
-    for _ in range(MAX_LINES_PER_RECORD - 1):
-        try:
-            item = next(lines)
-        except StopIteration:
+    """The record on this line, read the quick way; None if `_RecordParser` must read it: a quote
+    other than in whole quoted fields (it may open a field running on), or too long to keep."""
+    if len(text) > MAX_RECORD_CHARS:
+        return None
+    if '"' in body:
+        fields = _whole_line_fields(body) if valid_utf8 else None
+        if fields is None:
+            return None
+    elif not valid_utf8:
+        return MalformedLine(number, body, "invalid UTF-8")
+    elif body.startswith(BOM):
+        return MalformedLine(number, body, "byte-order mark inside the file")
+    else:
+        fields = body.split(",")
+    if len(fields) != width:
+        return MalformedLine(number, body, _wrong_count(width, len(fields)))
+    return Record(number, fields)
+
+
+def _wrong_count(width: int, found: int) -> str:
+    return f"wrong field count: expected {width}, found {found}"
+
+
+def _whole_line_fields(body: str) -> list[str] | None:
+    """The fields of a one-line record whose quoted fields all open and close in their place (the
+    usual quoted line), read by the csv module, which reads such a line as RFC 4180 does; None
+    sends the line to `_RecordParser`: a quote left open, a stray quote, a BOM, a CR (csv would
+    end the record there), or a field past csv's `field_size_limit`."""
+    if "\r" in body or body.startswith(BOM) or not WHOLE_LINE.fullmatch(body):
+        return None
+    try:
+        return next(csv.reader([body], strict=True))
+    except csv.Error:
+        return None
+
+
+def _parsed_record(
+    lines: Lines, number: int, text: str, valid_utf8: bool, width: int
+) -> Record | MalformedLine:
+    """The record starting on line `number`, read by `_RecordParser`: it takes further lines
+    while a quoted field is open (all of them, if the quote never closes)."""
+    record = _RecordParser(number)
+    ended = record.feed(number, text, valid_utf8)
+    while not ended:
+        item = next(lines, None)
+        if item is None:
             break
-        consumed.append(item)
-        piece = _decode(item[1])
-        if piece is None:
-            break
-        text += piece
-        if _quotes_balanced(text):
-            fields = _parse_quoted(_strip_eol(text))
-            if fields is not None and len(fields) == width:
-                return Record(number, fields)
-            if fields is not None:
-                return MalformedLine(
-                    number,
-                    _strip_eol(text),
-                    f"wrong field count: expected {width}, found {len(fields)}",
-                )
-            break
-    lines.push_back(consumed)
-    return None
+        more = _decode(item[1])
+        if more is None:
+            ended = record.feed(item[0], item[1].decode("utf-8", "backslashreplace"), False)
+        else:
+            ended = record.feed(item[0], more, True)
+    return record.result(width)
+
+
+class _RecordParser:
+    """One record read line by line as RFC 4180 says, its faults noted on the way.
+
+    Fields are gathered as pieces and joined once (no quadratic concatenation); the state between
+    lines is only whether a quoted field is open, and since which line."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.line = start
+        self.raw: list[str] = []  # the record's lines as read, for a reject's raw text
+        self.kept = 0  # characters in `raw`
+        self.cut = False  # longer than MAX_RECORD_CHARS: the rest is read but not kept
+        self.fields: list[str] = []
+        self.pieces: list[str] = []  # of the field being read
+        self.quote_opened: int | None = None  # the line of the quote still open, if any
+        self.stray_quote: int | None = None  # the first line with a quote out of place
+        self.invalid_utf8: int | None = None  # the first line that is not UTF-8
+
+    def feed(self, number: int, text: str, valid_utf8: bool) -> bool:
+        """Read one physical line (with its line break); True if the record ends on it."""
+        self.line = number
+        if not valid_utf8 and self.invalid_utf8 is None:
+            self.invalid_utf8 = number
+        self._keep(text)
+        end = _body_end(text)  # outside quotes, the record ends there
+        # A BOM starting the record makes it malformed, but its quoting is still read past the
+        # BOM: a quote right after it opens a field, lest the field's lines be read as records.
+        pos: int | None = 1 if number == self.start and text.startswith(BOM) else 0
+        if self.quote_opened is not None:
+            pos = self._after_quote(text, self._in_quotes(text, 0), end)
+        while pos is not None:
+            if pos < end and text[pos] == '"':  # a quote at the start of a field opens it
+                self.quote_opened = number
+                pos = self._after_quote(text, self._in_quotes(text, pos + 1), end)
+                continue
+            comma = text.find(",", pos, end)
+            stop = end if comma < 0 else comma
+            self._field_text(text[pos:stop])
+            self._end_field()
+            pos = None if comma < 0 else comma + 1
+        return self.quote_opened is None
+
+    def _in_quotes(self, text: str, pos: int) -> int | None:
+        """Read a quoted field's text from `pos`: the position just past its closing quote, or
+        None if it goes on past this line (its line break is then part of the field)."""
+        match = QUOTED_TEXT.match(text, pos)
+        close = match.end() if match else pos  # it matches the empty text: never None
+        if close == len(text):
+            self._add(text[pos:].replace('""', '"'))
+            return None
+        self._add(text[pos:close].replace('""', '"'))
+        self.quote_opened = None
+        return close + 1
+
+    def _after_quote(self, text: str, pos: int | None, end: int) -> int | None:
+        """After a closing quote at `pos - 1`: the next field's start past a comma, or None at
+        the end of the record (or if the quoted field is still open). Text between the closing
+        quote and the comma is broken quoting, read on as unquoted text."""
+        if pos is None:
+            return None
+        comma = text.find(",", pos, end)
+        stop = end if comma < 0 else comma
+        if stop > pos:
+            self._stray()
+            self._field_text(text[pos:stop])
+        self._end_field()
+        return None if comma < 0 else comma + 1
+
+    def _field_text(self, value: str) -> None:
+        """Unquoted text: a quote in it is out of place, and opens nothing."""
+        if '"' in value:
+            self._stray()
+        self._add(value)
+
+    def _stray(self) -> None:
+        if self.stray_quote is None:
+            self.stray_quote = self.line
+
+    def _add(self, piece: str) -> None:
+        if not self.cut:
+            self.pieces.append(piece)
+
+    def _end_field(self) -> None:
+        self.fields.append("".join(self.pieces))
+        self.pieces.clear()
+
+    def _keep(self, text: str) -> None:
+        if self.cut:
+            return
+        if self.kept + len(text) > MAX_RECORD_CHARS:
+            self.cut = True
+            self.raw.append(text[: MAX_RECORD_CHARS - self.kept])
+            self.kept = MAX_RECORD_CHARS
+            self.pieces.clear()  # the fields will not be used: free them now
+            self.fields.clear()
+            return
+        self.raw.append(text)
+        self.kept += len(text)
+
+    def result(self, width: int) -> Record | MalformedLine:
+        reason = self._fault(width)
+        if reason is None:
+            return Record(self.start, self.fields)
+        return MalformedLine(self.start, _strip_eol("".join(self.raw)), reason)
+
+    def _fault(self, width: int) -> str | None:
+        """The record's first fault, in this order; None if it is a record."""
+        if self.quote_opened is not None:
+            reason = (
+                f"broken quoting (unclosed quote opened on line {self.quote_opened};"
+                f" the record runs to the end of the file, {self._lines()})"
+            )
+        elif self.invalid_utf8 is not None:
+            reason = "invalid UTF-8" + self._on_line(self.invalid_utf8)
+        elif self.raw[0].startswith(BOM):
+            reason = "byte-order mark inside the file"
+        elif self.stray_quote is not None:
+            reason = f"broken quoting (a quote out of place{self._on_line(self.stray_quote, ',')})"
+        elif self.cut:
+            reason = f"record longer than {MAX_RECORD_CHARS:,} characters ({self._lines()})"
+        elif len(self.fields) != width:
+            reason = _wrong_count(width, len(self.fields))
+        else:
+            return None
+        if self.cut:
+            reason += f"; only its first {MAX_RECORD_CHARS:,} characters are kept"
+        return reason
+
+    def _lines(self) -> str:
+        return (
+            f"line {self.start}" if self.line == self.start else f"lines {self.start}–{self.line}"
+        )
+
+    def _on_line(self, number: int, joint: str = "") -> str:
+        return "" if number == self.start else f"{joint} on line {number}"
