@@ -17,9 +17,13 @@ pipeline's counters, so a hand-made inconsistency is caught whichever run comes 
   source_rows_accounted_for   per partition: read = posted + duplicates + conflicts + rejected;
   outbox_coverage             every entry of these partitions has its outbox row (what SCB
                               sync needs), and so does every entry of the ledger; no outbox row
-                              outlives its entry.
-The two per-partition checks are partitioned like the asset; the three whole-ledger checks are
-not (one result describes the whole ledger, whatever partitions the run covered).
+                              outlives its entry;
+  control_totals_match        per currency, the count and exact sum of the source's valid rows
+                              equal what the ledger posted plus what it held (duplicates,
+                              conflicts) for these partitions.
+Together they cover every problem the report lists, so a report that does not reconcile fails
+its run. The three per-partition checks are partitioned like the asset; the three whole-ledger
+checks are not (one result describes the whole ledger, whatever partitions the run covered).
 """
 
 import json
@@ -28,7 +32,13 @@ import dagster as dg
 from psycopg.rows import dict_row
 
 from ledger_backfill_dagster.assets.common import rows_table
-from ledger_backfill_dagster.assets.reconcile import reconciliation_report
+from ledger_backfill_dagster.assets.reconcile import reconciliation_report, source_control_totals
+from ledger_backfill_dagster.ledger.reconcile import (
+    control_totals,
+    exact_sum,
+    held_totals,
+    ledger_totals,
+)
 from ledger_backfill_dagster.partitions import daily_partitions
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.settings import BackfillSettings, SettingsError
@@ -238,10 +248,62 @@ def outbox_coverage(
     )
 
 
+@dg.asset_check(
+    asset=reconciliation_report,
+    blocking=True,
+    partitions_def=daily_partitions,
+    description="Per currency, the count and exact sum of the source's valid rows of these "
+    "partitions equal what the ledger posted plus what it held as duplicates or conflicts.",
+)
+def control_totals_match(
+    context: dg.AssetCheckExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+) -> dg.AssetCheckResult:
+    source = _source(settings)
+    keys = _keys(context)
+    source_totals = source_control_totals(StageStore.default(), source.source_key, keys)
+    with ledger_db.connection() as conn:
+        totals = control_totals(
+            source_totals,
+            ledger_totals(conn, source.source_id, keys),
+            held_totals(conn, source.source_id, keys),
+        )
+    off = [t for t in totals if not t.matches]
+    return dg.AssetCheckResult(
+        passed=not off,
+        description=(
+            f"control totals match in {len(totals)} currency(ies)"
+            if not off
+            else "source control totals differ from ledger + held rows in "
+            + ", ".join(
+                f"{t.currency} (source {t.source_count} rows, {t.source_sum}; ledger + held "
+                f"{t.ledger_count + t.held_count} rows, {exact_sum(t.ledger_sum, t.held_sum)})"
+                for t in off[:10]
+            )
+        ),
+        metadata={
+            "currencies_off": dg.MetadataValue.int(len(off)),
+            "control_totals": rows_table(
+                [vars(t) | {"matches": t.matches} for t in (off or totals)[:SHOWN]],
+                [
+                    "currency",
+                    "source_count",
+                    "source_sum",
+                    "ledger_count",
+                    "ledger_sum",
+                    "held_count",
+                    "held_sum",
+                    "matches",
+                ],
+            ),
+        },
+    )
+
+
 LEDGER_CHECKS = [
     debits_equal_credits,
     balances_match_entries,
     no_duplicate_references,
     source_rows_accounted_for,
     outbox_coverage,
+    control_totals_match,
 ]

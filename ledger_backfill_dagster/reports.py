@@ -9,13 +9,47 @@ Layout under REPORTS_DIR (default <LEDGER_BACKFILL_HOME>/reports):
 from __future__ import annotations
 
 import csv
+import math
+import re
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ledger_backfill_dagster.ledger.reconcile import Reconciliation
 
 ERROR_COLUMNS = ["source_row_id", "source_file", "line_number", "reasons", "raw_row"]
+# OWASP, "CSV Injection": a spreadsheet takes a cell beginning with one of these for a formula.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+# Text that is a plain number (a negative amount, say) is no formula: it stays as it is.
+PLAIN_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def spreadsheet_cell(value: object) -> object:
+    """A value as a CSV cell that a spreadsheet shows and never runs, as OWASP advises: text
+    that begins with a formula trigger gets a leading `'` (spreadsheets read it as "text" and do
+    not show it), and the writer quotes every text cell; numbers stay numbers. The raw value
+    stays exact in the database (ledger_backfill_rejects.raw_text / raw_row, bank_accounts)."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, float):  # a line number pandas widened to float (NaN = missing)
+        return None if math.isnan(value) else int(value) if value.is_integer() else value
+    if isinstance(value, bool | int | Decimal | np.integer):
+        return value
+    text = str(value)
+    if text.startswith(FORMULA_TRIGGERS) and not PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A CSV of these rows, every cell through `spreadsheet_cell`, text quoted."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow([spreadsheet_cell(name) for name in header])
+        writer.writerows([spreadsheet_cell(value) for value in row] for row in rows)
 
 
 def write_error_report(
@@ -28,7 +62,7 @@ def write_error_report(
     target.parent.mkdir(parents=True, exist_ok=True)
     frame = rejects.reindex(columns=ERROR_COLUMNS).copy()
     frame["reasons"] = frame["reasons"].map(lambda r: "; ".join(r))
-    frame.to_csv(target, index=False)
+    write_csv(target, ERROR_COLUMNS, frame.itertuples(index=False, name=None))
     return target
 
 
@@ -128,73 +162,68 @@ def write_reconciliation(root: Path, source_key: str, r: Reconciliation) -> Path
     folder.mkdir(parents=True, exist_ok=True)
     markdown = folder / f"{name}.md"
     markdown.write_text(summary_markdown(r), encoding="utf-8")
-    with (folder / f"{name}_partitions.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
+    write_csv(
+        folder / f"{name}_partitions.csv",
+        [
+            "partition",
+            "read",
+            "posted",
+            "duplicates",
+            "conflicts",
+            "rejected",
+            "unaccounted",
+            "checkpoint",
+        ],
+        (
             [
-                "partition",
-                "read",
-                "posted",
-                "duplicates",
-                "conflicts",
-                "rejected",
-                "unaccounted",
-                "checkpoint",
+                p.partition_key,
+                p.read,
+                p.posted,
+                p.duplicates,
+                p.conflicts,
+                p.rejected,
+                p.unaccounted,
+                p.checkpoint_status,
             ]
-        )
-        for p in r.partitions:
-            writer.writerow(
-                [
-                    p.partition_key,
-                    p.read,
-                    p.posted,
-                    p.duplicates,
-                    p.conflicts,
-                    p.rejected,
-                    p.unaccounted,
-                    p.checkpoint_status,
-                ]
-            )
-    with (folder / f"{name}_balances.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            ["account_id", "currency_code", "expected_balance", "actual_balance", "difference"]
-        )
-        for d in r.balance_drift:
-            writer.writerow(
-                [
-                    d["account_id"],
-                    d["currency_code"],
-                    d["expected_balance"],
-                    d["actual_balance"],
-                    d["difference"],
-                ]
-            )
-    with (folder / f"{name}_control_totals.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
+            for p in r.partitions
+        ),
+    )
+    drift_columns = [
+        "account_id",
+        "currency_code",
+        "expected_balance",
+        "actual_balance",
+        "difference",
+    ]
+    write_csv(
+        folder / f"{name}_balances.csv",
+        drift_columns,
+        ([d[c] for c in drift_columns] for d in r.balance_drift),
+    )
+    write_csv(
+        folder / f"{name}_control_totals.csv",
+        [
+            "currency",
+            "source_count",
+            "source_sum",
+            "ledger_count",
+            "ledger_sum",
+            "held_count",
+            "held_sum",
+            "matches",
+        ],
+        (
             [
-                "currency",
-                "source_count",
-                "source_sum",
-                "ledger_count",
-                "ledger_sum",
-                "held_count",
-                "held_sum",
-                "matches",
+                t.currency,
+                t.source_count,
+                t.source_sum,
+                t.ledger_count,
+                t.ledger_sum,
+                t.held_count,
+                t.held_sum,
+                t.matches,
             ]
-        )
-        for t in r.control_totals:
-            writer.writerow(
-                [
-                    t.currency,
-                    t.source_count,
-                    t.source_sum,
-                    t.ledger_count,
-                    t.ledger_sum,
-                    t.held_count,
-                    t.held_sum,
-                    t.matches,
-                ]
-            )
+            for t in r.control_totals
+        ),
+    )
     return markdown

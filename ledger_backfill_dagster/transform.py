@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ledger_backfill_dagster import exact_json
 from ledger_backfill_dagster.contract import (
     METADATA_NOT_JSON,
     METADATA_NUL,
+    METADATA_NUMBER_RANGE,
     METADATA_SURROGATE,
     METADATA_TOO_DEEP,
     PLAIN_DECIMAL,
@@ -127,48 +129,77 @@ def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
 def _metadata(staged: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Metadata must be empty or a JSON object; columns no layout names are folded into it.
 
-    Returns (metadata as JSON text or NA, problem or NA). Only rows that carry metadata are
-    parsed (json has no vectorized parser); rows with extra columns only take them as they are."""
+    Returns (metadata as JSON text or NA, problem or NA). Rows that carry metadata are parsed
+    one by one (json has no vectorized parser), numbers as exact Decimals; so are extra columns
+    that might hold something JSONB refuses, since that must make the row a reject, never fail
+    the partition's insert. A row's own text is kept as written, extra columns alone too; a
+    merged document is written from the exact parse (`exact_json`)."""
     text = pd.Series(staged["metadata"].astype("string").to_numpy(), dtype="string")
     extras = pd.Series(staged["extra_columns"].astype("string").to_numpy(), dtype="string")
-    given = _flag(text.str.strip() != "")
+    given = _flag(text.str.strip() != "").to_numpy()
     values = extras.copy()
     problems = pd.Series(pd.NA, index=text.index, dtype="string")
-    if not given.any():
+    doubtful = _flag(
+        extras.str.contains(_MAYBE_UNSTORABLE) | (extras.str.len() > exact_json.MAX_SCALE)
+    ).to_numpy()
+    rows = np.flatnonzero(given | doubtful)
+    if not len(rows):
         return values, problems
-    escaped = _flag(text.str.contains("\\u", regex=False))
-    rows = np.flatnonzero(given.to_numpy())
-    parsed_values: list[object] = []
-    parsed_problems: list[object] = []
-    for raw, extra, has_escape in zip(
-        text.to_numpy()[rows], extras.to_numpy()[rows], escaped.to_numpy()[rows], strict=True
-    ):
-        document, problem = _parse_object(raw, has_escape)
-        if problem is not None:
-            parsed_values.append(pd.NA)
-        elif extra is pd.NA:
-            parsed_values.append(raw)
-        else:
-            merged = json.loads(extra)
-            merged.update(document)
-            parsed_values.append(json.dumps(merged, ensure_ascii=False))
-        parsed_problems.append(pd.NA if problem is None else problem)
-    values.iloc[rows] = parsed_values
-    problems.iloc[rows] = parsed_problems
+    # Only escapes can smuggle in text JSONB refuses, so only escaped text is searched for it.
+    text_escaped = _flag(text.str.contains("\\u", regex=False)).to_numpy()
+    extras_escaped = _flag(extras.str.contains("\\u", regex=False)).to_numpy()
+    own = text.to_numpy(dtype=object, na_value=None)
+    folded = extras.to_numpy(dtype=object, na_value=None)
+    parsed = [
+        _row_metadata(
+            own[row] if given[row] else None, text_escaped[row], folded[row], extras_escaped[row]
+        )
+        for row in rows
+    ]
+    values.iloc[rows] = [value for value, _ in parsed]
+    problems.iloc[rows] = [problem for _, problem in parsed]
     return values, problems
+
+
+# What JSON text must hold for JSONB to refuse it: an escaped NUL or UTF-16 surrogate, or a
+# number with an exponent (one without needs over MAX_SCALE characters). Staged text is UTF-8,
+# which cannot hold a raw surrogate. Plain enough for Arrow's RE2 and Python's re alike.
+_MAYBE_UNSTORABLE = r"\\u(?:0000|[dD][89a-fA-F])|[0-9][eE]"
+
+
+def _row_metadata(
+    text: str | None, text_escaped: bool, extras: str | None, extras_escaped: bool
+) -> tuple[object, object]:
+    """(metadata, NA) or (NA, problem) for one row: its own metadata text, the JSON object of
+    its extra columns, or both merged (the row's own keys win)."""
+    document: dict | None = None
+    if text is not None:  # exact numbers only if they are to be written again, merged
+        document, problem = _parse_object(text, text_escaped, exact=extras is not None)
+        if problem is not None:
+            return pd.NA, problem
+    if extras is None:
+        return text, pd.NA
+    columns, problem = _parse_object(extras, extras_escaped, exact=text is not None)
+    if problem is not None:
+        return pd.NA, problem
+    if document is None:
+        return extras, pd.NA
+    columns.update(document)
+    try:
+        return exact_json.dumps(columns), pd.NA
+    except RecursionError:  # parsed at the very edge of Python's depth, one frame short here
+        return pd.NA, METADATA_TOO_DEEP
 
 
 def _flag(values: pd.Series) -> pd.Series:
     return values.fillna(False).astype(bool)
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 _JSON_KINDS = {
     list: "a JSON array",
     str: "a JSON string",
+    exact_json.UnstorableNumber: "a JSON number",
+    Decimal: "a JSON number",
     int: "a JSON number",
     float: "a JSON number",
     bool: "a JSON boolean",
@@ -176,10 +207,13 @@ _JSON_KINDS = {
 }
 
 
-def _parse_object(text: str, has_escape: bool) -> tuple[dict | None, str | None]:
-    """(the object, None) or (None, what is wrong with it)."""
+def _parse_object(
+    text: str, has_escape: bool, exact: bool = True
+) -> tuple[dict | None, str | None]:
+    """(the object, None) or (None, what is wrong with it). Numbers are exact Decimals if
+    `exact` (see `exact_json.loads`)."""
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document, unstorable_number = exact_json.loads(text, exact=exact)
         if not isinstance(document, dict):
             return None, _JSON_KINDS.get(type(document), "not an object")
         if has_escape:  # only escapes can smuggle in what JSONB refuses
@@ -188,6 +222,8 @@ def _parse_object(text: str, has_escape: bool) -> tuple[dict | None, str | None]
                 return None, METADATA_NUL
             if any(_SURROGATE.search(value) for value in strings):
                 return None, METADATA_SURROGATE
+        if unstorable_number:
+            return None, METADATA_NUMBER_RANGE
     except RecursionError:  # PostgreSQL would take it, but we could not check it
         return None, METADATA_TOO_DEEP
     except ValueError:

@@ -22,6 +22,7 @@ CHECK_NAMES = {
     "no_duplicate_references",
     "source_rows_accounted_for",
     "outbox_coverage",
+    "control_totals_match",
 }
 
 

@@ -10,7 +10,14 @@ import pyarrow.parquet as pq
 
 from ledger_backfill_dagster.assets.common import GROUP, partition_table, rows_table, stage
 from ledger_backfill_dagster.assets.post import posted_batches
-from ledger_backfill_dagster.ledger.reconcile import Reconciliation, held_totals, reconcile
+from ledger_backfill_dagster.currencies import places_table
+from ledger_backfill_dagster.ledger.reconcile import (
+    EXACT,
+    Reconciliation,
+    exact_sum,
+    held_totals,
+    reconcile,
+)
 from ledger_backfill_dagster.partitions import daily_partitions
 from ledger_backfill_dagster.reports import summary_markdown, write_reconciliation
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
@@ -19,6 +26,14 @@ from ledger_backfill_dagster.stages import StageStore
 
 CONTROL_TOTAL_FILES = 256  # partitions per aggregation: bounds memory on large days
 CONTROL_TOTAL_SCHEMA = pa.schema([("currency_code", pa.string()), ("amount", pa.string())])
+# Amounts as Arrow decimals wide enough for any the contract admits, and for any sum of them:
+# at most MAX_INTEGER_DIGITS (24) before the point and 18 after (the most minor units a currency
+# is allowed), so 2^63 rows of the largest amount sum to under 10^43, far below the 10^58 that
+# 76 digits with 18 after the point hold. (decimal128(38, 18) held only 20 digits before the
+# point: a 21-digit amount could not be cast, and ten of 99,999,999,999,999,999,999.99 wrapped
+# around to a negative sum.) An amount with more digits fails the cast loudly, never rounds.
+AMOUNT_SCALE = max(places_table().values())
+AMOUNT_TYPE = pa.decimal256(76, AMOUNT_SCALE)
 UNPARTITIONED_REJECTS = """
 SELECT count(*) FROM ledger_backfill_rejects WHERE source_id = %s AND partition_key IS NULL
 """
@@ -43,7 +58,7 @@ def source_control_totals(
         table = pa.concat_tables(tables)
         if table.num_rows == 0:
             continue
-        table = table.set_column(1, "amount", pc.cast(table["amount"], pa.decimal128(38, 18)))
+        table = table.set_column(1, "amount", pc.cast(table["amount"], AMOUNT_TYPE))
         grouped = table.group_by("currency_code").aggregate(
             [("amount", "sum"), ("amount", "count")]
         )
@@ -54,13 +69,15 @@ def source_control_totals(
             strict=True,
         ):
             before_count, before_total = totals.get(currency, (0, Decimal(0)))
-            totals[currency] = (before_count + count, _plain(before_total + (exact or 0)))
+            total = exact_sum(before_total, exact or Decimal(0))
+            totals[currency] = (before_count + count, _plain(total))
     return totals
 
 
 def _plain(value: Decimal) -> Decimal:
-    """Drop the trailing zeros of the decimal128 scale (19534940.598000… → 19534940.598)."""
-    return Decimal(format(value.normalize(), "f"))
+    """Drop the trailing zeros of the Arrow scale (19534940.598000… → 19534940.598), exactly
+    (`normalize` in the default context would round to 28 digits)."""
+    return Decimal(format(value.normalize(EXACT), "f"))
 
 
 def build_reconciliation(
@@ -96,14 +113,18 @@ def reconciliation_report(
     row accounted for (read = posted + duplicates + conflicts + rejected), control totals per
     currency, debits = credits per ledger and currency, every balance equal to the sum of its
     entries (the seed's 6.2, fixed), outbox coverage (6.3). Also written as Markdown and CSV
-    under the reports folder."""
+    under the reports folder. The report is always written; each problem it can list has a
+    blocking asset check (checks.py), so a report that does not reconcile fails the run."""
     s = stage(context, settings)
     r = build_reconciliation(ledger_db, s.store, s.source.source_id, s.source.source_key, s.keys)
     path = write_reconciliation(settings.reports_path, s.source.source_key, r)
     if r.reconciles:
         context.log.info(f"reconciliation: RECONCILES ({r.rows_read} rows read); report {path}")
     else:
-        context.log.error(f"reconciliation: DOES NOT RECONCILE: {r.problems}; report {path}")
+        context.log.error(
+            f"reconciliation: DOES NOT RECONCILE: {r.problems}; report {path}; the blocking "
+            "asset checks fail this run"
+        )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(r.total("posted")),

@@ -8,12 +8,24 @@ deleted entry, a missing outbox row).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact
 
 import psycopg
 from psycopg.rows import dict_row
 
 from ledger_backfill_dagster.sql_files import query
+
+# Sums of amounts, exactly. Python's default context keeps 28 digits, fewer than one amount may
+# have (24 before the point + 18 after); any count of them sums to far fewer than 1,000 digits,
+# and if a result ever had to be rounded, Inexact stops the report instead of bending a total.
+EXACT = Context(prec=1000, traps=[Inexact])
+
+
+def exact_sum(*values: Decimal) -> Decimal:
+    total = Decimal(0)
+    for value in values:
+        total = EXACT.add(total, value)
+    return total
 
 
 @dataclass
@@ -45,7 +57,7 @@ class ControlTotal:
     def matches(self) -> bool:
         return (
             self.source_count == self.ledger_count + self.held_count
-            and self.source_sum == self.ledger_sum + self.held_sum
+            and self.source_sum == exact_sum(self.ledger_sum, self.held_sum)
         )
 
 
@@ -94,6 +106,8 @@ class Reconciliation:
             found.append(f"{self.missing_outbox} posted entries have no outbox row")
         if not all(t.matches for t in self.control_totals):
             found.append("source control totals differ from ledger + held rows")
+        # Each of these has a blocking asset check (checks.py), so a report that does not
+        # reconcile fails its run.
         return found
 
     @property
@@ -122,18 +136,11 @@ def reconcile(
         by_currency = cur.execute(query("balances_by_currency")).fetchall()
         outbox = cur.execute(query("outbox_status"), params).fetchall()
         duplicates = cur.execute(query("duplicate_references")).fetchall()
-        ledger_totals = {
-            r["currency_code"]: (r["entries"], r["total"])
-            for r in cur.execute(query("ledger_control_totals"), params).fetchall()
-        }
     controls = []
     if source_totals is not None:
-        held_totals = held_totals or {}
-        for currency in sorted(set(source_totals) | set(ledger_totals) | set(held_totals)):
-            s_count, s_sum = source_totals.get(currency, (0, Decimal(0)))
-            l_count, l_sum = ledger_totals.get(currency, (0, Decimal(0)))
-            h_count, h_sum = held_totals.get(currency, (0, Decimal(0)))
-            controls.append(ControlTotal(currency, s_count, s_sum, l_count, l_sum, h_count, h_sum))
+        controls = control_totals(
+            source_totals, ledger_totals(conn, source_id, keys), held_totals or {}
+        )
     return Reconciliation(
         source_id=source_id,
         partitions=partitions,
@@ -146,6 +153,32 @@ def reconcile(
         duplicate_references=duplicates,
         control_totals=controls,
     )
+
+
+def control_totals(
+    source: dict[str, tuple[int, Decimal]],
+    ledger: dict[str, tuple[int, Decimal]],
+    held: dict[str, tuple[int, Decimal]],
+) -> list[ControlTotal]:
+    """Per currency: the source's valid rows against what the ledger posted plus what it held."""
+    controls = []
+    for currency in sorted(set(source) | set(ledger) | set(held)):
+        s_count, s_sum = source.get(currency, (0, Decimal(0)))
+        l_count, l_sum = ledger.get(currency, (0, Decimal(0)))
+        h_count, h_sum = held.get(currency, (0, Decimal(0)))
+        controls.append(ControlTotal(currency, s_count, s_sum, l_count, l_sum, h_count, h_sum))
+    return controls
+
+
+def ledger_totals(
+    conn: psycopg.Connection, source_id: str, keys: list[str]
+) -> dict[str, tuple[int, Decimal]]:
+    """Count and sum per currency of what this source posted in these partitions (NUMERIC sums
+    in PostgreSQL: exact at any size)."""
+    rows = conn.execute(
+        query("ledger_control_totals"), {"source_id": source_id, "partition_keys": keys}
+    ).fetchall()
+    return {currency: (count, total) for currency, count, total in rows}
 
 
 HELD_TOTALS = """
