@@ -263,6 +263,7 @@ def quote_sources(tmp_path: Path, backfill_env: dict[str, str], monkeypatch: pyt
     return {**backfill_env, "DAGSTER_HOME": str(home)}, written
 
 
+@pytest.mark.slow  # a `dagster` subprocess run: about 30 s on a busy machine
 def test_cli_run_posts_nothing_from_inside_quotes(quote_sources, database_url: str) -> None:
     env, written = quote_sources
     lines = written["lines"]
