@@ -430,9 +430,11 @@ def corpus() -> list[Case]:
             check=_generated_reference,
         ),
         Case(
-            "same content without referenceId again is a duplicate",
+            # issue 13: identity is content plus occurrence, so an identical second payment
+            # without a reference posts under its own generated id instead of being a duplicate
+            "same content without referenceId again is a second payment, posted",
             {**GENERATED, "referenceId": " "},
-            expect=DUPLICATE,
+            partition=DAYS[2],
         ),
         Case(
             "referenceId holding SQL is stored verbatim",
