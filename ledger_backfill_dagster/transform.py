@@ -30,6 +30,7 @@ from ledger_backfill_dagster.contract import (
     PLAIN_DECIMAL,
 )
 from ledger_backfill_dagster.currencies import convert
+from ledger_backfill_dagster.row_identity import nth_occurrence_reference, source_row_keys
 
 GENERATED_REFERENCE_PREFIX = "BACKFILL-"
 
@@ -123,6 +124,18 @@ def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
             out.iloc[positions]
         )
         out["reference_id"] = out["reference_id"].astype("string")
+    keys, occurrence = source_row_keys(staged)
+    out["source_row_key"] = pd.array(keys, dtype="string")
+    out["source_row_occurrence"] = pd.array(occurrence, dtype="Int64")
+    repeats = np.flatnonzero(out["reference_generated"].to_numpy() & (occurrence > 1))
+    if len(repeats):  # identical rows without a reference are distinct payments: distinct ids
+        column = out.columns.get_loc("reference_id")
+        out.iloc[repeats, column] = [
+            nth_occurrence_reference(reference, int(k))
+            for reference, k in zip(
+                out["reference_id"].to_numpy()[repeats], occurrence[repeats], strict=True
+            )
+        ]
     return out
 
 
