@@ -3,8 +3,8 @@
 Dagster keeps a hard-killed run (SIGKILL, OOM) STARTED for good, and with it the `ledger_pg`
 slot its posting step claimed: after four such kills every new run waits for a slot forever.
 Nothing frees them by itself unless a daemon runs run monitoring, which `dagster asset
-materialize` does not. So each run, when it starts and again while it waits for a slot, frees
-the slots of runs that are provably dead (`free_slots_of_dead_runs`).
+materialize` does not. So each run, when it starts and again while it waits for a slot, ends
+the runs that are provably dead and frees their slots (`free_slots_of_dead_runs`).
 
 "Provably dead" is decided from the process identity each run records in its own tags when its
 executor starts (`record_process`): host name, machine (boot id and pid namespace), pid and the
@@ -128,10 +128,10 @@ class FreedRun:
     process: ProcessIdentity
 
     def describe(self) -> str:
+        ended = ", run marked failed" if self.status in {s.value for s in UNFINISHED} else ""
         return (
-            f"run {self.run_id} ({self.status}) holds pool slots but its process "
-            f"{self.process.pid} on {self.process.host} is gone: slots freed"
-            + (", run marked failed" if self.status in {s.value for s in UNFINISHED} else "")
+            f"run {self.run_id} ({self.status}): its process {self.process.pid} on "
+            f"{self.process.host} is gone; its pool slots freed{ended}"
         )
 
 
@@ -145,27 +145,38 @@ def _slot_holders(instance: dg.DagsterInstance) -> set[str]:
     return holders
 
 
+def _candidates(instance: dg.DagsterInstance, own_run_id: str | None) -> list[dg.DagsterRun]:
+    """Runs not finished, and finished runs still holding or queued for a slot."""
+    runs = {
+        r.dagster_run.run_id: r.dagster_run
+        for r in instance.get_run_records(dg.RunsFilter(statuses=UNFINISHED))
+    }
+    if instance.event_log_storage.supports_global_concurrency_limits:
+        holders = _slot_holders(instance) - set(runs)
+        if holders:
+            records = instance.get_run_records(dg.RunsFilter(run_ids=sorted(holders)))
+            runs.update({r.dagster_run.run_id: r.dagster_run for r in records})
+    runs.pop(own_run_id or "", None)
+    return list(runs.values())
+
+
 def free_slots_of_dead_runs(
     instance: dg.DagsterInstance,
     own_run_id: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[FreedRun]:
-    """Free the pool slots (and queued claims) of every run whose process is provably gone."""
-    if not instance.event_log_storage.supports_global_concurrency_limits:
-        return []
-    holders = _slot_holders(instance) - {own_run_id}
-    if not holders:
-        return []
+    """End every unfinished run whose process is provably gone, and free the pool slots (and
+    queued claims) of every such run, finished or not."""
     here = ProcessIdentity.current()
     freed = []
-    for record in instance.get_run_records(dg.RunsFilter(run_ids=sorted(holders))):
-        run = record.dagster_run
+    for run in _candidates(instance, own_run_id):
         process = ProcessIdentity.from_tags(dict(run.tags))
         if process is None or not process.same_machine(here) or process.is_alive():
             continue
         found = FreedRun(run.run_id, run.status.value, process)
         _end_run(instance, run, process)
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         freed.append(found)
         if log is not None:
             log(found.describe())
