@@ -10,7 +10,10 @@ from pathlib import Path
 
 import psycopg
 
+from ledger_backfill_dagster.redaction import MalformedUrlError
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase, redact
+from ledger_backfill_dagster.settings import SettingsError, check_range
+from ledger_backfill_dagster.user_files import UserFileError
 
 
 def _database() -> LedgerDatabase:
@@ -50,6 +53,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         status_text,
     )
 
+    if args.stall_seconds is not None:
+        check_range("STALL_THRESHOLD_SECONDS", args.stall_seconds)  # --stall-seconds stands for it
     stall = args.stall_seconds if args.stall_seconds is not None else stall_threshold_seconds()
     # Read-only (no migration), so the least-privilege reader role can watch.
     with _database().connection() as conn:
@@ -174,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except psycopg.Error as exc:
         print(f"database error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except (MalformedUrlError, SettingsError, UserFileError) as exc:
+        # Their messages name the variable or file and show no secret (redacted all the same).
+        print(f"configuration error: {redact(str(exc))}", file=sys.stderr)
         return 2
 
 

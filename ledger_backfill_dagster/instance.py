@@ -27,18 +27,20 @@ uses the instance loads it first); a value set outside wins.
 
 SQLAlchemy 2.1 maps `postgresql://` to psycopg 3, on which dagster-postgres's `NOTIFY` statement
 fails; the URL is therefore given to it with the psycopg2 dialect, which dagster-postgres installs.
+The URL is read by libpq's parser first and refused, showing nothing past its scheme, if libpq
+would misread it (see `redaction.py`); SQLAlchemy gets it rebuilt, the password escaped.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
-import re
 
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import create_pg_engine
-from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.engine import URL, make_url
 
+from ledger_backfill_dagster.redaction import check_postgres_url, without_driver
 from ledger_backfill_dagster.resources.embedded_postgres import (
     DAGSTER_DATABASE,
     embedded_server_uri,
@@ -47,21 +49,32 @@ from ledger_backfill_dagster.resources.embedded_postgres import (
 EVENT_BATCH_SIZE = "1000"
 
 
-def with_psycopg2_dialect(url: str) -> str:
-    """A libpq URL or key=value conninfo → a SQLAlchemy URL with the psycopg2 dialect."""
-    if re.match(r"^postgres(?:ql)?(?:\+\w+)?://", url):
-        return re.sub(r"^postgres(?:ql)?(?:\+\w+)?://", "postgresql+psycopg2://", url)
-    info = conninfo_to_dict(url)
-    host = str(info.get("host") or "")
-    socket_dir = host if host.startswith("/") else None
+def with_psycopg2_dialect(url: str, setting: str = "DAGSTER_PG_URL") -> str:
+    """A libpq URL or key=value conninfo → a SQLAlchemy URL with the psycopg2 dialect.
+
+    The value is read by libpq's own parser (after `check_postgres_url`, which refuses a value
+    libpq would misread or quote in an error) and rebuilt with SQLAlchemy, which escapes the
+    password itself: SQLAlchemy and libpq disagree on a raw / or # in a password.
+    """
+    info = check_postgres_url(setting, without_driver(url))
+    user, password = info.pop("user", None), info.pop("password", None)
+    if password is not None and not user:
+        # SQLAlchemy renders no password without a user name: name libpq's default user.
+        user = os.environ.get("PGUSER") or getpass.getuser()
+    database = info.pop("dbname", None)
+    host, port = info.pop("host", ""), info.pop("port", "")
+    # A socket directory or several hosts go as libpq parameters; one TCP host in the URL.
+    in_url = bool(host) and not host.startswith("/") and "," not in host
+    if not in_url:
+        info.update({k: v for k, v in (("host", host), ("port", port)) if v})
     return URL.create(
         "postgresql+psycopg2",
-        username=info.get("user"),
-        password=info.get("password"),
-        host=None if socket_dir else host or None,
-        port=int(info["port"]) if info.get("port") and not socket_dir else None,
-        database=info.get("dbname"),
-        query={"host": socket_dir} if socket_dir else {},
+        username=user,
+        password=password,
+        host=host if in_url else None,
+        port=int(port) if in_url and port else None,
+        database=database,
+        query=info,
     ).render_as_string(hide_password=False)
 
 
@@ -76,8 +89,10 @@ def with_async_commit(url: str) -> str:
 
 
 def instance_postgres_url() -> str:
-    url = os.environ.get("DAGSTER_PG_URL") or os.environ.get("DATABASE_URL")
-    return with_async_commit(with_psycopg2_dialect(url or embedded_server_uri(DAGSTER_DATABASE)))
+    for setting in ("DAGSTER_PG_URL", "DATABASE_URL"):
+        if os.environ.get(setting):
+            return with_async_commit(with_psycopg2_dialect(os.environ[setting], setting))
+    return with_async_commit(with_psycopg2_dialect(embedded_server_uri(DAGSTER_DATABASE)))
 
 
 class LedgerInstanceStorage(DagsterPostgresStorage):

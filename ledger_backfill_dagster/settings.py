@@ -1,18 +1,25 @@
 """The backfill's configuration: the seed's environment variables, parsed once, with defaults.
 
 Secrets (DATABASE_URL, API tokens) are not read here: they reach resources through `dg.EnvVar`
-so Dagster never stores or shows their values.
+so Dagster never stores or shows their values. They are only checked here, when the code location
+loads, so a malformed URL fails at once with a message that shows nothing past its scheme
+(`redaction.check_secret_settings`).
+
+Every numeric setting has a range (NUMERIC_LIMITS): a value outside it fails here, naming the
+variable, instead of deep inside pyarrow or PostgreSQL.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
+from ledger_backfill_dagster.redaction import check_secret_settings
 from ledger_backfill_dagster.resources.source_connection import SourceConnection
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
@@ -28,16 +35,62 @@ def env_str(name: str, default: str) -> str:
     return value or default
 
 
-def env_int(name: str, default: int, minimum: int = 0) -> int:
+INT32_MAX = 2**31 - 1
+# Each numeric setting's range: wide enough for any real run, narrow enough that a typo (an extra
+# digit or ten) fails before the run starts, naming the variable.
+NUMERIC_LIMITS: dict[str, tuple[float, float]] = {
+    "BATCH_SIZE": (1, 1_000_000),
+    "CHECKPOINT_INTERVAL": (1, 1_000_000),
+    "MAX_RETRIES": (0, 100),
+    "RETRY_DELAY": (0, 600_000),  # ms: ten minutes, doubled per retry
+    "PARALLEL_WORKERS": (1, 64),
+    "BACKFILL_SOURCE_PAGE_SIZE": (1, 1_000_000),
+    "BACKFILL_SOURCE_TIMEOUT": (0.001, 3_600),
+    "BACKFILL_SOURCE_MAX_RETRIES": (0, 100),
+    "BACKFILL_SOURCE_MAX_RETRY_AFTER": (0, 86_400),
+    "STALL_THRESHOLD_SECONDS": (1, 31_536_000),  # a year
+    "STALL_SENSOR_INTERVAL_SECONDS": (1, 86_400),
+}
+
+
+def limits(name: str, minimum: float | None, maximum: float | None) -> tuple[float, float]:
+    """The range of `name`: NUMERIC_LIMITS, else what the caller says, else 0..2**31-1."""
+    low, high = NUMERIC_LIMITS.get(name, (0, INT32_MAX))
+    return (low if minimum is None else minimum, high if maximum is None else maximum)
+
+
+def _number(value: float) -> str:
+    whole = isinstance(value, int) or (math.isfinite(value) and value.is_integer())
+    return f"{int(value):,}" if whole else f"{value:g}"
+
+
+def _shown(raw: str) -> str:
+    return repr(raw if len(raw) <= 40 else raw[:40] + "...")
+
+
+def check_range(
+    name: str, value: float, minimum: float | None = None, maximum: float | None = None
+) -> None:
+    low, high = limits(name, minimum, maximum)
+    if not low <= value <= high:
+        raise SettingsError(
+            f"{name} must be from {_number(low)} to {_number(high)}, got {_number(value)}"
+        )
+
+
+def env_int(name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        low, high = limits(name, minimum, maximum)
+        raise SettingsError(
+            f"{name} must be a whole number from {_number(low)} to {_number(high)}, "
+            f"got {_shown(raw)}"
+        ) from exc
+    check_range(name, value, minimum, maximum)
     return value
 
 
@@ -52,16 +105,22 @@ def env_bool(name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
-def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+def env_float(
+    name: str, default: float, minimum: float | None = None, maximum: float | None = None
+) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        low, high = limits(name, minimum, maximum)
+        raise SettingsError(
+            f"{name} must be a number from {_number(low)} to {_number(high)}, got {_shown(raw)}"
+        )
+    check_range(name, value, minimum, maximum)
     return value
 
 
@@ -82,6 +141,20 @@ def backfill_start_date() -> str:
     except ValueError as exc:
         raise SettingsError(f"BACKFILL_START_DATE must be YYYY-MM-DD, got {raw!r}") from exc
     return raw
+
+
+# BackfillSettings' numeric fields and the variables that set them.
+FIELD_SETTINGS = {
+    "batch_size": "BATCH_SIZE",
+    "checkpoint_interval": "CHECKPOINT_INTERVAL",
+    "max_retries": "MAX_RETRIES",
+    "retry_delay_ms": "RETRY_DELAY",
+    "parallel_workers": "PARALLEL_WORKERS",
+    "source_page_size": "BACKFILL_SOURCE_PAGE_SIZE",
+    "source_timeout_seconds": "BACKFILL_SOURCE_TIMEOUT",
+    "source_max_retries": "BACKFILL_SOURCE_MAX_RETRIES",
+    "source_max_retry_after": "BACKFILL_SOURCE_MAX_RETRY_AFTER",
+}
 
 
 class BackfillSettings(dg.ConfigurableResource):
@@ -198,12 +271,21 @@ class BackfillSettings(dg.ConfigurableResource):
         description="BACKFILL_SOURCE_MAX_RETRY_AFTER: longest Retry-After honoured, in seconds.",
     )
 
+    @field_validator(*FIELD_SETTINGS)
+    @classmethod
+    def _number_in_range(cls, value: float, info: ValidationInfo) -> float:
+        """The same ranges for values given in the launchpad as for the environment's (a field
+        validator: pydantic's message then quotes this field's value, not the whole config)."""
+        check_range(FIELD_SETTINGS[str(info.field_name)], value)
+        return value
+
     @property
     def reports_path(self) -> Path:
         return Path(self.reports_dir) if self.reports_dir else state_home() / "reports"
 
     @classmethod
     def from_env(cls) -> BackfillSettings:
+        check_secret_settings()
         source_type = env_str("BACKFILL_SOURCE_TYPE", "CSV").upper()
         if source_type not in {"CSV", "DATABASE", "API", "SCB"}:
             raise SettingsError(
@@ -218,11 +300,11 @@ class BackfillSettings(dg.ConfigurableResource):
             transaction_type_map_file=env_path("TRANSACTION_TYPE_MAP_FILE"),
             column_map_file=env_path("COLUMN_MAP_FILE"),
             ledger_id=env_str("LEDGER_ID", "MASTER"),
-            batch_size=env_int("BATCH_SIZE", 1000, minimum=1),
-            checkpoint_interval=env_int("CHECKPOINT_INTERVAL", 10, minimum=1),
+            batch_size=env_int("BATCH_SIZE", 1000),
+            checkpoint_interval=env_int("CHECKPOINT_INTERVAL", 10),
             max_retries=env_int("MAX_RETRIES", 3),
             retry_delay_ms=env_int("RETRY_DELAY", 1000),
-            parallel_workers=env_int("PARALLEL_WORKERS", 1, minimum=1),
+            parallel_workers=env_int("PARALLEL_WORKERS", 1),
             skip_duplicates=env_bool("SKIP_DUPLICATES", True),
             validate_balances=env_bool("VALIDATE_BALANCES", True),
             force_redo=env_bool("FORCE_REDO", False),
@@ -236,8 +318,8 @@ class BackfillSettings(dg.ConfigurableResource):
             or None,
             source_column_map=os.environ.get("BACKFILL_SOURCE_COLUMN_MAP", "").strip() or None,
             scb_sovereign_bank_id=os.environ.get("SCB_SOVEREIGN_BANK_ID", "").strip() or None,
-            source_page_size=env_int("BACKFILL_SOURCE_PAGE_SIZE", 5000, minimum=1),
-            source_timeout_seconds=env_float("BACKFILL_SOURCE_TIMEOUT", 30.0, minimum=0.001),
+            source_page_size=env_int("BACKFILL_SOURCE_PAGE_SIZE", 5000),
+            source_timeout_seconds=env_float("BACKFILL_SOURCE_TIMEOUT", 30.0),
             source_max_retries=env_int("BACKFILL_SOURCE_MAX_RETRIES", 5),
             source_max_retry_after=env_float("BACKFILL_SOURCE_MAX_RETRY_AFTER", 120.0),
         )

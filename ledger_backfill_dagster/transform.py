@@ -8,14 +8,12 @@ contract (`contract.py`) says why they fail.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,6 +29,7 @@ from ledger_backfill_dagster.contract import (
 )
 from ledger_backfill_dagster.currencies import convert
 from ledger_backfill_dagster.row_identity import nth_occurrence_reference, source_row_keys
+from ledger_backfill_dagster.user_files import UserFileError, read_user_csv
 
 GENERATED_REFERENCE_PREFIX = "BACKFILL-"
 
@@ -43,18 +42,17 @@ class TransformRules:
     account_currencies: dict[str, str] = field(default_factory=dict)
 
 
-def load_mapping(path: str | None) -> dict[str, str]:
-    """A two-column CSV (with a header) mapping source ids to ledger ids."""
+def load_mapping(path: str | None, setting: str = "mapping file") -> dict[str, str]:
+    """A two-column CSV (with a header) mapping source ids to ledger ids (ACCOUNT_MAP_FILE,
+    TRANSACTION_TYPE_MAP_FILE: `setting` names which in errors, with the file and line)."""
     if not path:
         return {}
-    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle))
     mapping: dict[str, str] = {}
-    for number, row in enumerate(rows[1:], start=2):
-        if not row or not "".join(row).strip():
+    for line, row in read_user_csv(setting, path)[1:]:
+        if not "".join(row).strip():
             continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ValueError(f"{path}: line {number}: expected sourceId,ledgerId")
+            raise UserFileError(f"{setting} {path}: line {line}: expected sourceId,ledgerId")
         mapping[row[0].strip()] = row[1].strip()
     return mapping
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dagster as dg
@@ -11,6 +12,7 @@ from ledger_backfill_dagster.settings import BackfillSettings, SettingsError
 from ledger_backfill_dagster.sources.base import SourceReader
 from ledger_backfill_dagster.sources.registry import make_source
 from ledger_backfill_dagster.stages import StageStore
+from ledger_backfill_dagster.user_files import UserFileError
 
 GROUP = "ledger_backfill"
 POOL = "ledger_pg"
@@ -20,6 +22,8 @@ POOL = "ledger_pg"
 # out; every partition's event still carries its own numbers, and the ledger tables and the
 # reconciliation report hold them all.
 PARTITION_TABLE_MAX = 62
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @dataclass(frozen=True)
@@ -32,16 +36,37 @@ class Stage:
 
 def stage(context: dg.AssetExecutionContext, settings: BackfillSettings) -> Stage:
     """Every partition this run covers (a single-run backfill covers many: never just the first)."""
+    keys = sorted(context.partition_keys)
+    if not keys:
+        raise dg.Failure(description=no_partitions(context.run.tags), allow_retries=False)
     try:
         source = make_source(settings)
     except SettingsError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     return Stage(
-        keys=sorted(context.partition_keys),
+        keys=keys,
         source=source,
         store=StageStore.default(),
         run_id=context.run.run_id,
     )
+
+
+def no_partitions(tags: Mapping[str, str]) -> str:
+    """Why a run covers no partition: a reversed range (Dagster reads A...B with A after B as
+    empty), or one no day of which is a partition. Either would otherwise be a green run that
+    read nothing."""
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    if start and end and start > end:
+        return (
+            f"the partition range {start}...{end} is reversed: it starts after it ends, so it "
+            f"covers no day. Write the earlier day first: {end}...{start}"
+        )
+    if start and end:
+        return (
+            f"the partition range {start}...{end} covers no partition: the daily partitions "
+            "run from BACKFILL_START_DATE to today (UTC)"
+        )
+    return "this run covers no partition: give a partition or a non-empty partition range"
 
 
 def rows_table(rows: list[dict], columns: list[str]) -> dg.TableMetadataValue:
@@ -69,7 +94,10 @@ def partition_table(
 
 
 def source_failure(exc: Exception) -> dg.Failure:
-    """A source that cannot be read at all fails the run, saying why (with no secret in it)."""
+    """A source that cannot be read at all fails the run, saying why (with no secret in it).
+    A user-supplied file (ACCOUNTS_FILE, the map files) names itself and its line instead."""
+    if isinstance(exc, UserFileError):
+        return dg.Failure(description=redact(str(exc)), allow_retries=False)
     return dg.Failure(
         description=f"the source cannot be read: {redact(str(exc))}", allow_retries=False
     )

@@ -54,8 +54,10 @@ def transformed_entries(
             currencies = account_currencies(conn)
         rules = TransformRules(
             default_ledger_id=settings.ledger_id,
-            account_map=load_mapping(settings.account_map_file),
-            transaction_type_map=load_mapping(settings.transaction_type_map_file),
+            account_map=load_mapping(settings.account_map_file, "ACCOUNT_MAP_FILE"),
+            transaction_type_map=load_mapping(
+                settings.transaction_type_map_file, "TRANSACTION_TYPE_MAP_FILE"
+            ),
             account_currencies=currencies,
         )
     except (OSError, AccountsFileError, ValueError) as exc:

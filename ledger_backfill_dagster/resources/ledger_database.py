@@ -1,12 +1,14 @@
 """The ledger database resource: where the ledger lives and how to reach it.
 
 The URL comes from DATABASE_URL through `dg.EnvVar`, so Dagster shows the variable's name, never
-its value. Without it, the embedded PostgreSQL is started under the project's state folder.
+its value. Without it, the embedded PostgreSQL is started under the project's state folder. The URL
+is checked before psycopg sees it (`redaction.check_postgres_url`): libpq's own parse errors quote
+the part they cannot read, which may be a piece of the password. `redact` lives in
+`ledger_backfill_dagster.redaction` and is importable from here too.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,19 +17,13 @@ import psycopg
 from pydantic import Field
 
 from ledger_backfill_dagster.ledger.migrations import apply_migrations
+from ledger_backfill_dagster.redaction import check_postgres_url, redact
 from ledger_backfill_dagster.resources.embedded_postgres import (
     LEDGER_DATABASE,
     embedded_server_uri,
 )
 
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
-_PASSWORD_PARAM = re.compile(r"(password=)([^&\s]+)", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Replace any password in a connection string (URL or key=value form) with ***."""
-    text = _PASSWORD_IN_URL.sub(r"\1***\3", text)
-    return _PASSWORD_PARAM.sub(r"\1***", text)
+__all__ = ["LedgerDatabase", "redact"]
 
 
 class LedgerDatabase(dg.ConfigurableResource):
@@ -40,7 +36,12 @@ class LedgerDatabase(dg.ConfigurableResource):
     application_name: str = Field(default="ledger_backfill_dagster")
 
     def url(self) -> str:
-        return self.database_url or embedded_server_uri(LEDGER_DATABASE)
+        """DATABASE_URL once it is known to parse as meant (else MalformedUrlError, which shows
+        no part of it), or the embedded server's URL."""
+        if not self.database_url:
+            return embedded_server_uri(LEDGER_DATABASE)
+        check_postgres_url("DATABASE_URL", self.database_url)
+        return self.database_url
 
     def connect(self, autocommit: bool = False) -> psycopg.Connection:
         return psycopg.connect(

@@ -3,7 +3,8 @@
 Both values are secrets (a database URL carries a password; an API token is a credential), so
 they reach the resource only as `dg.EnvVar` references: Dagster resolves them inside the run and
 shows the variable's name, never its value. Nothing here is logged; error messages that could
-contain the URL go through `redact()`.
+contain the URL go through `redact()`. `from_env` checks the values it refers to (a malformed URL
+or token fails when the code location loads, showing nothing past the scheme: see redaction.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 
 import dagster as dg
 from pydantic import Field
+
+from ledger_backfill_dagster.redaction import check_http_url, check_source_url, check_token
 
 SOURCE_URL_ENV = "BACKFILL_SOURCE_URL"
 API_TOKEN_ENV = "BACKFILL_API_TOKEN"
@@ -36,8 +39,10 @@ class SourceConnection(dg.ConfigurableResource):
         """EnvVar references for the variables that are set; None when neither is."""
         values: dict[str, object] = {}
         if os.environ.get(SOURCE_URL_ENV, "").strip():
+            check_source_url(SOURCE_URL_ENV, os.environ[SOURCE_URL_ENV])
             values["url"] = dg.EnvVar(SOURCE_URL_ENV)
         if os.environ.get(API_TOKEN_ENV, "").strip():
+            check_token(API_TOKEN_ENV, os.environ[API_TOKEN_ENV])
             values["api_token"] = dg.EnvVar(API_TOKEN_ENV)
         return cls(**values) if values else None
 
@@ -56,7 +61,9 @@ class OutboxEndpoint(dg.ConfigurableResource):
     def from_env(cls) -> OutboxEndpoint:
         values: dict[str, object] = {}
         if os.environ.get(OUTBOX_URL_ENV, "").strip():
+            check_http_url(OUTBOX_URL_ENV, os.environ[OUTBOX_URL_ENV])
             values["url"] = dg.EnvVar(OUTBOX_URL_ENV)
         if os.environ.get(OUTBOX_TOKEN_ENV, "").strip():
+            check_token(OUTBOX_TOKEN_ENV, os.environ[OUTBOX_TOKEN_ENV])
             values["token"] = dg.EnvVar(OUTBOX_TOKEN_ENV)
         return cls(**values)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+
+from ledger_backfill_dagster.user_files import UserFileError, read_user_text
 
 CANONICAL_FIELDS = (
     "ledgerId",
@@ -78,17 +79,33 @@ class Layout:
         return [column for column, field in self.fields_by_column.items() if field is None]
 
 
+class ColumnMapFileError(LayoutError, UserFileError):
+    """COLUMN_MAP_FILE cannot be used; names the file and, where there is one, the line."""
+
+
 def load_column_map(path: str | None) -> dict[str, str] | None:
     if not path:
         return None
-    mapping = json.loads(Path(path).read_text(encoding="utf-8"))
+    where = f"COLUMN_MAP_FILE {path}"
+    try:
+        text = read_user_text("COLUMN_MAP_FILE", path)
+    except UserFileError as exc:
+        raise ColumnMapFileError(str(exc)) from None
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ColumnMapFileError(
+            f"{where}: line {exc.lineno}, column {exc.colno}: not JSON ({exc.msg})"
+        ) from None
     if not isinstance(mapping, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
     ):
-        raise LayoutError(f"{path}: a column map is a JSON object of column name → field name")
+        raise ColumnMapFileError(
+            f"{where}: a column map is a JSON object of column name → field name"
+        )
     unknown = sorted(set(mapping.values()) - set(CANONICAL_FIELDS))
     if unknown:
-        raise LayoutError(f"{path}: unknown canonical fields {unknown}")
+        raise ColumnMapFileError(f"{where}: unknown canonical fields {unknown}")
     return mapping
 
 
