@@ -6,7 +6,7 @@ SOURCE_TIMEZONE, ACCOUNT_MAP_FILE, TRANSACTION_TYPE_MAP_FILE): otherwise the sam
 again under a new identity. So the key is built from the row's raw values, before any default or
 mapping, and never from its line number:
 
-- a row with a referenceId is (its raw ledgerId, its referenceId);
+- a row with a referenceId is (its raw ledgerId, its referenceId, its timestamp as below);
 - a row without one is its raw content (ledgerId as given, accounts before mapping, amount and
   fxRate by value, currency, asset and transaction type as given, metadata and extra columns,
   and the timestamp as an instant when it carries an offset, else as the local time it wrote);
@@ -96,8 +96,15 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     material = np.empty(len(staged), dtype=object)
     if given.any():
         rows = np.flatnonzero(given)
+        # The time too (as written, so SOURCE_TIMEZONE does not change it): a repeat of the
+        # reference on another day is another source row (a conflict), not this one.
+        stamps = _timestamp_keys(
+            _text(staged["timestampUtc"])[rows],
+            pd.Series(staged["timestamp_utc"].array[rows]).astype("datetime64[us, UTC]"),
+        )
         material[rows] = [
-            json.dumps(["ref", ledger[i], reference[i]], ensure_ascii=False) for i in rows
+            json.dumps(["ref", ledger[i], reference[i], stamp], ensure_ascii=False)
+            for i, stamp in zip(rows, stamps, strict=True)
         ]
     if (~given).any():
         rows = np.flatnonzero(~given)
