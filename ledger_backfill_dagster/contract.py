@@ -15,13 +15,17 @@ import pyarrow as pa_arrow
 import pyarrow.compute as pc
 from pandera.typing import Series
 
+from ledger_backfill_dagster.amounts import (
+    ZERO,
+    has_no_minor_unit,
+    integer_digits,
+    plain_positive,
+    significant_fraction_digits,
+    whole_positive,
+)
 from ledger_backfill_dagster.currencies import minor_units_table, places_table
 
 ASSET_TYPES = ("fiat", "cbdc", "commodity", "security")
-# ASCII digits only: `\d` would also take "١٢٣" or "１０", which Python's Decimal reads but
-# PostgreSQL's NUMERIC refuses.
-PLAIN_DECIMAL = r"[0-9]+(?:\.[0-9]+)?"
-ZERO = r"0+(?:\.0+)?"
 UNIT_RATE = r"0*1(?:\.0+)?"
 # What the transformation stage writes in `metadata_problem` when the metadata cannot be stored.
 METADATA_NOT_JSON = "not valid JSON"
@@ -66,20 +70,10 @@ def _flag(values: pd.Series) -> pd.Series:
     return values.fillna(False).astype(bool)
 
 
-def _plain_positive(text: pd.Series) -> pd.Series:
-    return _flag(text.str.fullmatch(PLAIN_DECIMAL) & ~text.str.fullmatch(ZERO))
-
-
 def _utf8_bytes(text: pd.Series) -> pd.Series:
     """Each value's length in UTF-8 bytes (missing stays missing), in Arrow's kernels."""
     lengths = pc.binary_length(pa_arrow.array(text.astype(ARROW_STRING).array))
     return pd.Series(lengths.to_pandas(types_mapper=pd.ArrowDtype), index=text.index)
-
-
-def _fraction_digits(text: pd.Series) -> pd.Series:
-    point = text.str.find(".")
-    digits = (text.str.len() - point - 1).where(point >= 0, 0)
-    return digits.fillna(0).astype("int64")
 
 
 class LedgerEntrySource(pa.DataFrameModel):
@@ -89,7 +83,10 @@ class LedgerEntrySource(pa.DataFrameModel):
     ledger_id: StringSeries = _text()
     debit_account_id: StringSeries = _text()
     credit_account_id: StringSeries = _text()
-    amount: StringSeries = _text()
+    # Missing only when the row gave no amount but an amountMinor the transformation could not
+    # turn into one (the amountMinor rules then say why).
+    amount: StringSeries = _text(nullable=True)
+    amount_minor: StringSeries = _text(nullable=True)
     currency_code: StringSeries = _text()
     asset_type: StringSeries = _text()
     transaction_type: StringSeries = _text()
@@ -103,6 +100,7 @@ class LedgerEntrySource(pa.DataFrameModel):
     debit_account_currency: StringSeries = _text(nullable=True)
     credit_account_currency: StringSeries = _text(nullable=True)
     credit_amount: StringSeries = _text(nullable=True)
+    amount_minor_value: StringSeries = _text(nullable=True)
     metadata_problem: StringSeries = _text(nullable=True)
 
     class Config:
@@ -147,12 +145,16 @@ class LedgerEntrySource(pa.DataFrameModel):
 
     @pa.check("amount", name="amount: not a plain decimal greater than zero")
     def amount_plain_positive(cls, s: pd.Series) -> pd.Series:
-        return _plain_positive(s)
+        return s.isna() | plain_positive(s)
 
+    # Leading zeros are spelling, not size (issue 19): `007.50` has one digit before the point.
     @pa.check("amount", name=f"amount: more than {MAX_INTEGER_DIGITS} digits before the point")
     def amount_not_huge(cls, s: pd.Series) -> pd.Series:
-        point = s.str.find(".")
-        return _flag(point.where(point >= 0, s.str.len()) <= MAX_INTEGER_DIGITS)
+        return s.isna() | _flag(integer_digits(s) <= MAX_INTEGER_DIGITS)
+
+    @pa.check("amount_minor", name="amountMinor: not a whole number greater than zero")
+    def amount_minor_whole_positive(cls, s: pd.Series) -> pd.Series:
+        return s.isna() | whole_positive(s)
 
     @pa.check("currency_code", name="currencyCode: not an ISO 4217 currency")
     def currency_known(cls, s: pd.Series) -> pd.Series:
@@ -160,7 +162,7 @@ class LedgerEntrySource(pa.DataFrameModel):
 
     @pa.check("fx_rate", name="fxRate: not a plain decimal greater than zero")
     def fx_rate_plain_positive(cls, s: pd.Series) -> pd.Series:
-        return s.isna() | _plain_positive(s)
+        return s.isna() | plain_positive(s)
 
     @pa.check("metadata_problem", name="metadata: not a JSON object")
     def metadata_is_object(cls, s: pd.Series) -> pd.Series:
@@ -170,11 +172,32 @@ class LedgerEntrySource(pa.DataFrameModel):
     def metadata_storable(cls, s: pd.Series) -> pd.Series:
         return ~_flag(s.isin(METADATA_UNSTORABLE))
 
+    # By value, not by spelling (issue 19): trailing zeros state nothing, so `10.000` USD is
+    # ten dollars and posts (stored `10.00`); `0.0050` USD is half a cent and does not.
     @pa.dataframe_check(name="amount: more fractional digits than the currency's minor units")
     def amount_within_minor_units(cls, df: pd.DataFrame) -> pd.Series:
         allowed = df["currency_code"].map(places_table())
-        known = allowed.notna() & _plain_positive(df["amount"])
-        return ~known | _flag(_fraction_digits(df["amount"]) <= allowed.fillna(0))
+        known = allowed.notna() & plain_positive(df["amount"])
+        return ~known | _flag(significant_fraction_digits(df["amount"]) <= allowed.fillna(0))
+
+    @pa.dataframe_check(name="amount: missing")
+    def amount_given(cls, df: pd.DataFrame) -> pd.Series:
+        return df["amount"].notna() | df["amount_minor"].notna()
+
+    @pa.dataframe_check(name="amountMinor: the currency has no minor unit in ISO 4217")
+    def amount_minor_has_unit(cls, df: pd.DataFrame) -> pd.Series:
+        return df["amount_minor"].isna() | ~has_no_minor_unit(df["currency_code"])
+
+    # Both given: they must state one value. `amount` is compared as the transformation
+    # spelled it for the ledger, `amount_minor_value` is amountMinor's value spelled the same.
+    @pa.dataframe_check(name="amount and amountMinor: state different values")
+    def amount_and_minor_agree(cls, df: pd.DataFrame) -> pd.Series:
+        both = (
+            df["amount_minor"].notna()
+            & df["amount_minor_value"].notna()
+            & plain_positive(df["amount"])
+        )
+        return ~both | _flag(df["amount"] == df["amount_minor_value"])
 
     @pa.dataframe_check(name="debitAccountId: no such account")
     def debit_account_exists(cls, df: pd.DataFrame) -> pd.Series:
@@ -207,7 +230,7 @@ class LedgerEntrySource(pa.DataFrameModel):
     @pa.dataframe_check(name="text fields: contain a NUL character")
     def no_nul_characters(cls, df: pd.DataFrame) -> pd.Series:
         ok = pd.Series(True, index=df.index)
-        for column in (*TEXT_FIELDS, "amount", "fx_rate", "metadata"):
+        for column in (*TEXT_FIELDS, "amount", "amount_minor", "fx_rate", "metadata"):
             ok &= ~_flag(df[column].str.contains("\x00", regex=False))
         return ok
 

@@ -29,6 +29,8 @@ from decimal import Decimal, InvalidOperation
 import numpy as np
 import pandas as pd
 
+from ledger_backfill_dagster.amounts import from_minor_units
+
 # An ISO 8601 text that states its own offset (Z, ±hh, ±hhmm, ±hh:mm) names an instant; any
 # other is a local time whose instant depends on SOURCE_TIMEZONE.
 _HAS_OFFSET = re.compile(r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)$")
@@ -119,6 +121,7 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
             "metadata": _text(staged["metadata"]),
             "extra": _text(staged["extra_columns"]),
         }
+        by_minor = _minor_only_amounts(staged, rows)
         times = _timestamp_keys(
             _text(staged["timestampUtc"])[rows],
             pd.Series(staged["timestamp_utc"].array[rows]).astype("datetime64[us, UTC]"),
@@ -130,7 +133,7 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
                     ledger[i],
                     columns["debit"][i].strip(),
                     columns["credit"][i].strip(),
-                    _value(columns["amount"][i].strip()),
+                    by_minor.get(i) or _value(columns["amount"][i].strip()),
                     columns["currency"][i].strip().upper(),
                     columns["asset"][i].strip().lower(),
                     columns["type"][i].strip(),
@@ -153,6 +156,28 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         occurrence[i] = k
         keys[i] = hashlib.sha256(f"{text}#{k}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return keys, occurrence
+
+
+def _minor_only_amounts(staged: pd.DataFrame, rows: np.ndarray) -> dict[int, str]:
+    """For those of `rows` that give no amount but an amountMinor: the amount by value that it
+    states in major units, so a re-export spelling the amount the other way is the same row
+    (minor units that state no amount are kept as written, marked apart from any decimal)."""
+    if "amountMinor" not in staged.columns or not len(rows):
+        return {}
+    minor = pd.Series(_text(staged["amountMinor"])[rows], dtype="string").str.strip()
+    amount = pd.Series(_text(staged["amount"])[rows], dtype="string").str.strip()
+    only_minor = ((amount == "") & (minor != "")).to_numpy()
+    if not only_minor.any():
+        return {}
+    currency = pd.Series(_text(staged["currencyCode"])[rows], dtype="string").str.strip()
+    values = from_minor_units(minor[only_minor], currency[only_minor].str.upper())
+    raw = minor[only_minor].to_numpy(dtype=object)
+    return {
+        int(row): _value(value) if isinstance(value, str) else "minor:" + text
+        for row, value, text in zip(
+            rows[only_minor], values.to_numpy(dtype=object, na_value=None), raw, strict=True
+        )
+    }
 
 
 def nth_occurrence_reference(reference: str, occurrence: int) -> str:

@@ -19,13 +19,13 @@ import numpy as np
 import pandas as pd
 
 from ledger_backfill_dagster import exact_json
+from ledger_backfill_dagster.amounts import PLAIN_DECIMAL, from_minor_units, normalized
 from ledger_backfill_dagster.contract import (
     METADATA_NOT_JSON,
     METADATA_NUL,
     METADATA_NUMBER_RANGE,
     METADATA_SURROGATE,
     METADATA_TOO_DEEP,
-    PLAIN_DECIMAL,
 )
 from ledger_backfill_dagster.currencies import convert
 from ledger_backfill_dagster.row_identity import nth_occurrence_reference, source_row_keys
@@ -57,6 +57,14 @@ def load_mapping(path: str | None, setting: str = "mapping file") -> dict[str, s
     return mapping
 
 
+def optional_field(staged: pd.DataFrame, name: str) -> pd.Series:
+    """A field only some sources give (`sources.layout.OPTIONAL_FIELDS`); all missing in a frame
+    staged before the field existed."""
+    if name in staged.columns:
+        return staged[name]
+    return pd.Series(pd.NA, index=staged.index, dtype="string")
+
+
 def _text(values: pd.Series) -> pd.Series:
     return values.astype("string").fillna("")
 
@@ -85,9 +93,11 @@ def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
             ids.map(rules.account_map).fillna(ids).astype("string") if rules.account_map else ids
         )
 
-    out["amount"] = pd.Series(_trimmed(staged["amount"]).to_numpy(), dtype="string")
     out["currency_code"] = pd.Series(
         _trimmed(staged["currencyCode"]).str.upper().to_numpy(), dtype="string"
+    )
+    out["amount"], out["amount_minor"], out["amount_minor_value"] = _amounts(
+        staged, out["currency_code"]
     )
     asset = pd.Series(_trimmed(staged["assetType"]).str.lower().to_numpy(), dtype="string")
     out["asset_type"] = asset.mask(asset == "", "fiat")
@@ -135,6 +145,23 @@ def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
             )
         ]
     return out
+
+
+def _amounts(staged: pd.DataFrame, currency: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(amount as the ledger stores it, amountMinor as given or NA, amountMinor's value or NA).
+
+    The amount is judged by value (issue 19): `10.000` USD becomes `10.00`, JPY `1500.00`
+    `1500`; a value finer than the minor unit stays as given for the contract to refuse. A row
+    without an amount takes amountMinor's value (NA if it has none: its rules say why)."""
+    given = pd.Series(_trimmed(staged["amount"]).to_numpy(), dtype="string")
+    minor = pd.Series(_trimmed(optional_field(staged, "amountMinor")).to_numpy(), dtype="string")
+    minor = minor.mask(minor == "")
+    minor_value = from_minor_units(minor, currency)
+    amount = normalized(given, currency)
+    from_minor = _flag((given == "") & minor.notna()).to_numpy()
+    if from_minor.any():
+        amount = amount.mask(from_minor, minor_value)
+    return amount, minor, minor_value
 
 
 def _metadata(staged: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -279,7 +306,9 @@ def _credit_amounts(out: pd.DataFrame) -> pd.Series:
     return credit.astype("string")
 
 
-def _convert(amount: str, rate: str, currency: str) -> object:
+def _convert(amount: object, rate: object, currency: str) -> object:
+    if not (isinstance(amount, str) and isinstance(rate, str)):
+        return pd.NA
     if not (re.fullmatch(PLAIN_DECIMAL, amount) and re.fullmatch(PLAIN_DECIMAL, rate)):
         return pd.NA
     try:

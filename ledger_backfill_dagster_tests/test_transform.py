@@ -126,10 +126,10 @@ def test_a_frame_with_the_wrong_shape_is_a_defect_not_a_reject() -> None:
         split(frame.assign(timestamp_utc=frame["timestamp_utc"].astype("datetime64[ns, UTC]")))
 
 
-def test_valid_rows_keep_exact_text() -> None:
+def test_valid_rows_keep_the_exact_value_spelled_as_the_ledger_stores_it() -> None:
     valid, rejects = split(transform(staged([base(amount=" 0010.50 ", currencyCode="usd")]), RULES))
     assert rejects.empty
-    assert valid.loc[0, "amount"] == "0010.50"
+    assert valid.loc[0, "amount"] == "10.50"  # issue 19: by value, in the currency's places
     assert valid.loc[0, "currency_code"] == "USD"
     assert Decimal(valid.loc[0, "credit_amount"]) == Decimal("10.50")
 

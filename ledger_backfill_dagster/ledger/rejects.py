@@ -14,7 +14,7 @@ import pandas as pd
 import psycopg
 
 from ledger_backfill_dagster import exact_json
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS, raw_fields
 
 REPLACE_STAGE = """
 DELETE FROM ledger_backfill_rejects
@@ -47,11 +47,9 @@ def raw_documents(rows: pd.DataFrame) -> list[str]:
     """Each staged row's untransformed values as a JSON object (columns no layout names
     included). Depends on nothing but the row, so it can run once over many partitions' rows."""
     documents = []
-    for record in rows[["source_row_id", *CANONICAL_FIELDS, "extra_columns"]].itertuples(
-        index=False
-    ):
-        values = dict(zip(CANONICAL_FIELDS, record[1:-1], strict=True))
-        document = {k: (None if v is pd.NA else v) for k, v in values.items()}
+    for record in rows[["source_row_id", *SOURCE_FIELDS, "extra_columns"]].itertuples(index=False):
+        values = dict(zip(SOURCE_FIELDS, record[1:-1], strict=True))
+        document = raw_fields({k: (None if v is pd.NA else v) for k, v in values.items()})
         if record[-1] is not pd.NA and record[-1] is not None:
             # Exact numbers: a float would bend them, and one JSONB cannot store is kept as
             # its text, so the reject itself is always stored.

@@ -38,7 +38,7 @@ from ledger_backfill_dagster.sources.http_client import (
     RetrySettings,
     dump_json,
 )
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS
 from ledger_backfill_dagster.sources.paged_staging import (
     PartitionStaging,
     SourceStaging,
@@ -281,7 +281,7 @@ class ApiSource(PagedHttpSource):
             if name == "id":
                 continue
             target = renames.get(name, name)
-            if target in CANONICAL_FIELDS:
+            if target in SOURCE_FIELDS:
                 fields[target] = field_text(value)
             elif value is not None:
                 extras[name] = value

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS
 
 # The staged frame: source position, the contract's fields as raw text, the parsed UTC timestamp.
 STAGED_SCHEMA = pa.schema(
@@ -23,7 +23,7 @@ STAGED_SCHEMA = pa.schema(
         ("source_row_id", pa.int64()),
         ("source_file", pa.string()),
         ("line_number", pa.int64()),
-        *[(name, pa.string()) for name in CANONICAL_FIELDS],
+        *[(name, pa.string()) for name in SOURCE_FIELDS],
         ("extra_columns", pa.string()),
         ("timestamp_utc", pa.timestamp("us", tz="UTC")),
     ]

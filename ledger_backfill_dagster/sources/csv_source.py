@@ -62,10 +62,11 @@ from ledger_backfill_dagster.sources.csv_reader import (
     read_records,
 )
 from ledger_backfill_dagster.sources.layout import (
-    CANONICAL_FIELDS,
+    SOURCE_FIELDS,
     Layout,
     detect_layout,
     load_column_map,
+    raw_fields,
 )
 from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START, parse_utc
 
@@ -149,6 +150,7 @@ class CsvSource(SourceReader):
             digest.update(f"{f}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         column_map = Path(self.column_map_file).read_bytes() if self.column_map_file else b""
         digest.update(column_map + f"\0{self.source_timezone}\0{self.start_date}".encode())
+        digest.update("\0".join(STAGED_SCHEMA.names).encode())  # a scan of another layout
         return digest.hexdigest()[:24]
 
     def extract(self, partition_keys: list[str], staging_root: Path) -> ExtractResult:
@@ -476,7 +478,7 @@ def _raw_batch(
     n = batch.num_rows
     lines = np.arange(first_line, first_line + n, dtype=np.int64)
     arrays: list[pa.Array] = [pa.array(base + lines), pa.repeat(str(path), n), pa.array(lines)]
-    for name in CANONICAL_FIELDS:
+    for name in SOURCE_FIELDS:
         column = layout.column_for(name)
         arrays.append(batch.column(column) if column else pa.nulls(n, pa.string()))
     extras = layout.extra_columns
@@ -514,7 +516,7 @@ def _canonical_stamps(
 def _line_reader_frame(raw: pa.RecordBatch) -> pd.DataFrame:
     """The pandas frame `_chunk_frame` would have built for these rows, dtypes included."""
     frame = raw.to_pandas()
-    for name in (*CANONICAL_FIELDS, "extra_columns"):
+    for name in (*SOURCE_FIELDS, "extra_columns"):
         frame[name] = frame[name].astype("string")
     return frame
 
@@ -572,7 +574,7 @@ def _chunk_frame(
             "line_number": pd.array([r.line_number for r in records], dtype="int64"),
         }
     )
-    for name in CANONICAL_FIELDS:
+    for name in SOURCE_FIELDS:
         column = layout.column_for(name)
         frame[name] = raw[column].to_numpy() if column else pd.NA
         frame[name] = frame[name].astype("string")
@@ -609,7 +611,7 @@ def _place(
     reasons[parsed.notna() & (parsed < first_day)] = BEFORE_START_DATE
     bad = reasons.notna()
     for row in frame.loc[bad].assign(reason=reasons[bad]).itertuples(index=False):
-        raw_row = {name: _none(getattr(row, name)) for name in CANONICAL_FIELDS}
+        raw_row = raw_fields({name: _none(getattr(row, name)) for name in SOURCE_FIELDS})
         rejects.append(
             {
                 "source_row_id": int(row.source_row_id),

@@ -27,8 +27,16 @@ CANONICAL_FIELDS = (
     "fxRate",
     "metadata",
 )
+# Fields beyond the seed's that some sources give; a staged row or a reject's raw values carry
+# them when given. amountMinor: the amount in the currency's minor units (cents, yen, fils), as
+# ledgers that store an integer keep it: amount = amountMinor / 10^exponent (issue 19).
+OPTIONAL_FIELDS = ("amountMinor",)
+# Every field a source column can feed: the seed's, then the optional ones.
+SOURCE_FIELDS = (*CANONICAL_FIELDS, *OPTIONAL_FIELDS)
 # Without these a row cannot be an entry at all; a source missing one fails as a whole.
-REQUIRED_FIELDS = ("debitAccountId", "creditAccountId", "amount", "currencyCode", "timestampUtc")
+REQUIRED_FIELDS = ("debitAccountId", "creditAccountId", "currencyCode", "timestampUtc")
+# …and without one of these: the amount, as a decimal or in minor units.
+AMOUNT_FIELDS = ("amount", "amountMinor")
 
 LEGACY_LAYOUT = {
     "ledger": "ledgerId",
@@ -54,6 +62,7 @@ SNAKE_LAYOUT = {
     "timestamp_utc": "timestampUtc",
     "fx_rate": "fxRate",
     "metadata": "metadata",
+    "amount_minor": "amountMinor",
 }
 
 
@@ -103,7 +112,7 @@ def load_column_map(path: str | None) -> dict[str, str] | None:
         raise ColumnMapFileError(
             f"{where}: a column map is a JSON object of column name → field name"
         )
-    unknown = sorted(set(mapping.values()) - set(CANONICAL_FIELDS))
+    unknown = sorted(set(mapping.values()) - set(SOURCE_FIELDS))
     if unknown:
         raise ColumnMapFileError(f"{where}: unknown canonical fields {unknown}")
     return mapping
@@ -118,16 +127,27 @@ def detect_layout(columns: list[str], column_map: dict[str, str] | None = None) 
     if column_map:
         candidates.append(("declared", column_map))
     candidates += [
-        ("canonical", {f: f for f in CANONICAL_FIELDS}),
+        ("canonical", {f: f for f in SOURCE_FIELDS}),
         ("legacy", LEGACY_LAYOUT),
         ("snake_case", SNAKE_LAYOUT),
     ]
     for name, mapping in candidates:
         mapped = {c: mapping.get(c) for c in columns}
         present = {f for f in mapped.values() if f}
-        if all(f in present for f in REQUIRED_FIELDS):
+        if all(f in present for f in REQUIRED_FIELDS) and present & set(AMOUNT_FIELDS):
             return Layout(name, mapped)
     raise LayoutError(
-        f"columns {columns} fit no known layout: each needs {list(REQUIRED_FIELDS)} "
-        "(canonical names, the legacy export names, or a COLUMN_MAP_FILE)"
+        f"columns {columns} fit no known layout: each needs {list(REQUIRED_FIELDS)} and "
+        f"{' or '.join(AMOUNT_FIELDS)} (canonical names, the legacy export names, or a "
+        "COLUMN_MAP_FILE)"
     )
+
+
+def raw_fields(values: dict[str, object]) -> dict[str, object]:
+    """A row's fields as a reject's `raw_row` records them: every field of the seed's contract,
+    and an optional field only when the row gave it."""
+    return {
+        name: values.get(name)
+        for name in SOURCE_FIELDS
+        if name not in OPTIONAL_FIELDS or values.get(name) is not None
+    }

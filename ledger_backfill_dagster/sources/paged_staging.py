@@ -16,6 +16,7 @@ Files the dataset reader must ignore start with "_" or "." (pyarrow's default ig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,9 +31,10 @@ from filelock import FileLock
 
 from ledger_backfill_dagster.sources.base import STAGED_SCHEMA
 from ledger_backfill_dagster.sources.http_client import dump_json
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS
 
 STATE_FILE = "_state.json"
+STAGED_LAYOUT_VERSION = hashlib.sha256("\0".join(STAGED_SCHEMA.names).encode()).hexdigest()[:8]
 
 
 def staged_table(rows: Iterable[dict[str, object]]) -> pa.Table:
@@ -64,7 +66,7 @@ def canonical_row(
         "extra_columns": dump_json(extras) if extras else None,
         "timestamp_utc": timestamp_utc,
     }
-    for name in CANONICAL_FIELDS:
+    for name in SOURCE_FIELDS:
         row[name] = fields.get(name)
     return row
 
@@ -147,7 +149,8 @@ class SourceStaging:
 
     def __init__(self, root: Path, fingerprint: str) -> None:
         self.root = root / "paged"
-        self.fingerprint = fingerprint
+        # A staged file of another layout (a field added) is read afresh, never read as this one.
+        self.fingerprint = f"{fingerprint}:{STAGED_LAYOUT_VERSION}"
         (self.root / "work").mkdir(parents=True, exist_ok=True)
 
     def lock(self, partition_key: str) -> FileLock:

@@ -11,7 +11,7 @@ from ledger_backfill_dagster.sources.api import ApiSource
 from ledger_backfill_dagster.sources.base import SourceReader
 from ledger_backfill_dagster.sources.csv_source import CsvSource
 from ledger_backfill_dagster.sources.database import DatabaseSource
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS, LayoutError, load_column_map
+from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS, LayoutError, load_column_map
 from ledger_backfill_dagster.sources.scb import ScbSource
 
 
@@ -92,7 +92,7 @@ def column_map(settings: BackfillSettings) -> dict[str, str] | None:
         isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
     ):
         raise SettingsError('BACKFILL_SOURCE_COLUMN_MAP must be {"sourceColumn": "field", ...}')
-    unknown = sorted(set(mapping.values()) - set(CANONICAL_FIELDS))
+    unknown = sorted(set(mapping.values()) - set(SOURCE_FIELDS))
     if unknown:
         raise SettingsError(f"BACKFILL_SOURCE_COLUMN_MAP names unknown fields {unknown}")
     return mapping

@@ -53,6 +53,7 @@ SCB_FIELDS = {
     "valueDate": "timestampUtc",
     "fxRate": "fxRate",
     "details": "metadata",
+    "amountMinor": "amountMinor",  # optional: the amount in minor units (issue 19)
 }
 
 
