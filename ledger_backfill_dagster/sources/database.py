@@ -16,6 +16,15 @@ Columns map onto the entry contract like a CSV header: the snake_case names of `
 (BACKFILL_SOURCE_COLUMN_MAP / COLUMN_MAP_FILE). Other columns are folded into the metadata.
 The timestamp column must be a timestamp, timestamptz or date; a naive timestamp is read in
 SOURCE_TIMEZONE. The database URL is a secret: it is never logged, and not part of the source id.
+
+Values are read as PostgreSQL prints them (`::text`), which is exact for NUMERIC of any scale,
+integers and text; the contract judges amounts by value, so `56722.710000000000000000` from a
+NUMERIC(38,18) column is 56722.71. Two types are different (issue 19): `money` prints in the
+session's lc_monetary format (`$1,234.50`), so its numeric value is read instead; and a `real` or
+`double precision` column feeding an amount or a rate is refused before any row is read, because
+a binary float cannot hold most decimal fractions. Column types come from the LIMIT 0 probe's
+row description, which reports a domain as its base type, so domains over these types are
+covered without looking them up.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -39,10 +49,10 @@ from ledger_backfill_dagster.settings import SettingsError
 from ledger_backfill_dagster.sources.base import REJECT_COLUMNS, ExtractResult, SourceReader
 from ledger_backfill_dagster.sources.http_client import SourceUnavailableError
 from ledger_backfill_dagster.sources.layout import (
-    CANONICAL_FIELDS,
     Layout,
     LayoutError,
     detect_layout,
+    raw_fields,
 )
 from ledger_backfill_dagster.sources.paged_staging import (
     PartitionStaging,
@@ -56,6 +66,16 @@ log = logging.getLogger(__name__)
 # PostgreSQL type OIDs the reader accepts for the key and the timestamp.
 INTEGER_TYPES = {20: "bigint", 21: "smallint", 23: "integer"}
 TIME_TYPES = {1184: "timestamptz", 1114: "timestamp", 1082: "date"}
+# Value columns read other than as `::text` (OIDs of the row description's type_code).
+MONEY_TYPE = 790
+FLOAT_TYPES = {700: "real", 701: "double precision"}
+# Fields that carry an amount or a rate: they must come from a column that holds them exactly.
+EXACT_FIELDS = ("amount", "amountMinor", "fxRate")
+# What to cast a float column to, per field, in the advice of the refusal.
+EXACT_CASTS = {"amount": "numeric(20,2)", "amountMinor": "bigint", "fxRate": "numeric(20,10)"}
+# Part of the staging fingerprint: a change in how values are read makes completed days be read
+# again (days staged before issue 19 hold money columns in their locale text).
+VALUE_READING = "text; money as numeric (issue 19)"
 NO_PARTITION_REASON = "timestampUtc: before BACKFILL_START_DATE (belongs to no partition)"
 EMPTY_TIMESTAMP_REASON = "timestampUtc: empty"
 CURSOR_NAME = "ledger_backfill_source"
@@ -72,6 +92,8 @@ class _Shape:
     id_column: str
     timestamp_column: str
     layout: Layout
+    # `money` columns: read as their numeric value, never as the locale's text.
+    money_columns: frozenset[str] = frozenset()
 
     @property
     def value_columns(self) -> list[str]:
@@ -126,6 +148,7 @@ class DatabaseSource(SourceReader):
             json.dumps(self.column_map, sort_keys=True),
             self.source_timezone,
             self.start_date,
+            VALUE_READING,
         ]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
@@ -185,13 +208,15 @@ class DatabaseSource(SourceReader):
                 f"timestamp column {timestamp!r} must be timestamptz, timestamp or date to select "
                 "a day; cast it in BACKFILL_SOURCE_QUERY"
             )
-        return _Shape(self.id_column, timestamp, layout)
+        _refuse_binary_floats(layout, types)
+        money = frozenset(c for c in layout.fields_by_column if types.get(c) == MONEY_TYPE)
+        return _Shape(self.id_column, timestamp, layout, money)
 
     def _select(self, shape: _Shape, where: sql.Composable) -> sql.Composed:
         columns = [
             sql.SQL("src.{} AS __id").format(sql.Identifier(shape.id_column)),
             sql.SQL("src.{}::timestamptz AS __ts").format(sql.Identifier(shape.timestamp_column)),
-            *[sql.SQL("src.{}::text").format(sql.Identifier(c)) for c in shape.value_columns],
+            *[_value_expression(shape, c) for c in shape.value_columns],
         ]
         return sql.SQL("SELECT {} FROM {} AS src WHERE {} ORDER BY src.{}").format(
             sql.SQL(", ").join(columns), self._relation(), where, sql.Identifier(shape.id_column)
@@ -267,6 +292,7 @@ class DatabaseSource(SourceReader):
                 "pages": pages,
                 "partitions_resumed": resumed,
                 "partitions_unchanged": unchanged,
+                **({"money_columns": sorted(shape.money_columns)} if shape.money_columns else {}),
             },
         )
 
@@ -354,7 +380,7 @@ class DatabaseSource(SourceReader):
         rejects: list[dict[str, object]] = []
         for page in self._pages(conn, self._select(shape, where), {"start": start}):
             for row in self._rows(shape, page):
-                raw = {name: row[name] for name in CANONICAL_FIELDS}
+                raw = raw_fields(row)
                 if row["extra_columns"]:
                     raw.update(json.loads(str(row["extra_columns"])))
                 reason = NO_PARTITION_REASON if row["timestamp_utc"] else EMPTY_TIMESTAMP_REASON
@@ -369,3 +395,38 @@ class DatabaseSource(SourceReader):
                     }
                 )
         return pd.DataFrame(rejects, columns=REJECT_COLUMNS)
+
+
+def _value_expression(shape: _Shape, column: str) -> sql.Composable:
+    """How one value column is selected: as PostgreSQL prints it, which is exact for NUMERIC,
+    integers and text; a `money` column as its numeric value, because `money::text` is the
+    locale's format (`$1,234.50`, `1.234,50 €`), which no contract reads as an amount."""
+    if column in shape.money_columns:
+        return sql.SQL("src.{}::numeric::text").format(sql.Identifier(column))
+    return sql.SQL("src.{}::text").format(sql.Identifier(column))
+
+
+def _refuse_binary_floats(layout: Layout, types: dict[str, int]) -> None:
+    """A real or double precision column cannot feed an amount or a rate: a binary float holds
+    most decimal fractions only approximately (0.10 is 0.1000000000000000055…), so which cents it
+    meant is a guess. Refused from the row description, before any row is read; the user can
+    accept the rounding explicitly with a cast. Float columns that only go to metadata are kept."""
+    for column, target in layout.fields_by_column.items():
+        type_name = FLOAT_TYPES.get(types.get(column, 0))
+        if target not in EXACT_FIELDS or type_name is None:
+            continue
+        name = _sql_name(column)
+        raise DatabaseSourceError(
+            f"column {column!r} is {type_name} and feeds {target}: a binary floating-point "
+            "column cannot carry an amount exactly (0.10 is stored as 0.1000000000000000055…), "
+            "so no row was read. If you accept rounding its values, cast it in "
+            f"BACKFILL_SOURCE_QUERY, e.g. SELECT …, {name}::{EXACT_CASTS[target]} AS {name} … "
+            "(with the scale your amounts are meant to have)"
+        )
+
+
+def _sql_name(column: str) -> str:
+    """The column as it would be written in SQL: quoted unless it is a plain lower-case name."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", column):
+        return column
+    return '"' + column.replace('"', '""') + '"'
