@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from ledger_backfill_dagster.assets.common import rows_table
 from ledger_backfill_dagster.assets.reconcile import reconciliation_report, source_control_totals
 from ledger_backfill_dagster.ledger.reconcile import (
+    CONTROL_TOTAL_COLUMNS,
     control_totals,
     exact_sum,
     held_totals,
@@ -284,16 +285,7 @@ def control_totals_match(
             "currencies_off": dg.MetadataValue.int(len(off)),
             "control_totals": rows_table(
                 [vars(t) | {"matches": t.matches} for t in (off or totals)[:SHOWN]],
-                [
-                    "currency",
-                    "source_count",
-                    "source_sum",
-                    "ledger_count",
-                    "ledger_sum",
-                    "held_count",
-                    "held_sum",
-                    "matches",
-                ],
+                list(CONTROL_TOTAL_COLUMNS),
             ),
         },
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ledger_backfill_dagster.ledger.reconcile import Reconciliation
+from ledger_backfill_dagster.ledger.reconcile import CONTROL_TOTAL_COLUMNS, Reconciliation
 
 ERROR_COLUMNS = ["source_row_id", "source_file", "line_number", "reasons", "raw_row"]
 # OWASP, "CSV Injection": a spreadsheet takes a cell beginning with one of these for a formula.
@@ -202,28 +202,7 @@ def write_reconciliation(root: Path, source_key: str, r: Reconciliation) -> Path
     )
     write_csv(
         folder / f"{name}_control_totals.csv",
-        [
-            "currency",
-            "source_count",
-            "source_sum",
-            "ledger_count",
-            "ledger_sum",
-            "held_count",
-            "held_sum",
-            "matches",
-        ],
-        (
-            [
-                t.currency,
-                t.source_count,
-                t.source_sum,
-                t.ledger_count,
-                t.ledger_sum,
-                t.held_count,
-                t.held_sum,
-                t.matches,
-            ]
-            for t in r.control_totals
-        ),
+        list(CONTROL_TOTAL_COLUMNS),
+        ([getattr(t, c) for c in CONTROL_TOTAL_COLUMNS] for t in r.control_totals),
     )
     return markdown

@@ -45,6 +45,9 @@ class PartitionAccount:
 
 @dataclass
 class ControlTotal:
+    """Count and exact sum per currency: the source's valid rows against the ledger's entries
+    plus the rows held as conflicts."""
+
     currency: str
     source_count: int
     source_sum: Decimal
@@ -59,6 +62,19 @@ class ControlTotal:
             self.source_count == self.ledger_count + self.held_count
             and self.source_sum == exact_sum(self.ledger_sum, self.held_sum)
         )
+
+
+# A control total as the report's CSV and the asset check's table show it, in this order.
+CONTROL_TOTAL_COLUMNS = (
+    "currency",
+    "source_count",
+    "source_sum",
+    "ledger_count",
+    "ledger_sum",
+    "held_count",
+    "held_sum",
+    "matches",
+)
 
 
 @dataclass
