@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from decimal import Context, Decimal
 from pathlib import Path
 
@@ -363,3 +364,33 @@ def test_api_amounts_and_minor_units_as_json_numbers_and_strings(tmp_path: Path)
     assert list(reasons[6]) == [DISAGREE]
     assert list(reasons[7]) == [NOT_WHOLE]
     assert list(reasons[8]) == [FINER]
+
+
+def _oracle(text: str, currency: str) -> str:
+    """`normalized` for one value, the slow way: Decimal, exact."""
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) or Decimal(text) == 0:
+        return text
+    exponent = minor_units_table().get(currency, -2)
+    value = Decimal(text)
+    if exponent is None:
+        return format(value.normalize(EXACT), "f")
+    if exponent == -2 or value != value.quantize(Decimal(1).scaleb(-exponent), context=EXACT):
+        return text
+    return format(value.quantize(Decimal(1).scaleb(-exponent), context=EXACT), "f")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    values=st.lists(
+        st.tuples(
+            st.text(alphabet="0123456789.0a", max_size=30),
+            st.sampled_from([*CURRENCIES, "ZZZ", "XTS"]),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_normalized_equals_a_decimal_oracle_on_any_text(values: list[tuple[str, str]]) -> None:
+    texts = pd.Series([t for t, _ in values], dtype="string[pyarrow]")
+    codes = pd.Series([c for _, c in values], dtype="string[pyarrow]")
+    assert list(amounts.normalized(texts, codes)) == [_oracle(t, c) for t, c in values]
