@@ -14,8 +14,16 @@ one query over the whole source each run, so they are never silently left behind
 Columns map onto the entry contract like a CSV header: the snake_case names of `ledger_entries`
 (the seed's legacy table), the canonical or legacy-export names, or a declared mapping
 (BACKFILL_SOURCE_COLUMN_MAP / COLUMN_MAP_FILE). Other columns are folded into the metadata.
-The timestamp column must be a timestamp, timestamptz or date; a naive timestamp is read in
-SOURCE_TIMEZONE. The database URL is a secret: it is never logged, and not part of the source id.
+The timestamp column is a timestamptz, a naive timestamp or date, or text (issue 20). A timestamptz
+is an instant and is read as one. Every other kind is placed by the contract's own code, the one
+that reads CSV timestamps (`timestamps.parse_utc`), never by the database session's cast: a naive
+value is local time in SOURCE_TIMEZONE (a date is local midnight), so a local time skipped or
+repeated by a DST change is a reject with the contract's reason, and a malformed text value is a
+reject of that row alone. Such a column is read in a widened window (see `_day_window`) and each
+row is kept only in the UTC day the contract places it in, so a row two windows read is staged
+once. Rows no day can hold are found by one query over the whole source each run
+(`_unpartitioned`) and are rejects of no partition, as in a CSV scan. The database URL is a
+secret: it is never logged, and not part of the source id.
 
 Values are read as PostgreSQL prints them (`::text`), which is exact for NUMERIC of any scale,
 integers and text; the contract judges amounts by value, so `56722.710000000000000000` from a
@@ -37,6 +45,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import psycopg
@@ -47,6 +56,7 @@ from ledger_backfill_dagster.ledger.posting import is_transient
 from ledger_backfill_dagster.resources.ledger_database import redact
 from ledger_backfill_dagster.settings import SettingsError
 from ledger_backfill_dagster.sources.base import REJECT_COLUMNS, ExtractResult, SourceReader
+from ledger_backfill_dagster.sources.csv_source import check_timezone
 from ledger_backfill_dagster.sources.http_client import SourceUnavailableError
 from ledger_backfill_dagster.sources.layout import (
     Layout,
@@ -60,12 +70,32 @@ from ledger_backfill_dagster.sources.paged_staging import (
     canonical_row,
     staged_table,
 )
+from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, EMPTY, parse_utc
 
 log = logging.getLogger(__name__)
 
 # PostgreSQL type OIDs the reader accepts for the key and the timestamp.
 INTEGER_TYPES = {20: "bigint", 21: "smallint", 23: "integer"}
 TIME_TYPES = {1184: "timestamptz", 1114: "timestamp", 1082: "date"}
+TEXT_TYPES = {25: "text", 1043: "varchar", 1042: "char"}
+# How the timestamp column is read: an instant; a naive timestamp or date; text.
+AWARE, NAIVE, TEXT = "aware", "naive", "text"
+TIMESTAMP_KINDS = {1184: AWARE, 1114: NAIVE, 1082: NAIVE, 25: TEXT, 1043: TEXT, 1042: TEXT}
+# Slack added to the widest offsets the zone has around a day: its tz data (Python's) and the
+# one pandas localizes with may differ by a rule change; an hour more costs a few rows per day.
+WINDOW_MARGIN = timedelta(hours=1)
+# A valid ISO 8601 timestamp as `parse_utc` reads it, every field in range (POSIX regex for
+# PostgreSQL). A text value that does not match it may be malformed: the whole-source pass
+# reads it and the contract decides. Days 29-31 are checked separately (by month).
+STRICT_ISO = (
+    "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    "([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9]([.,][0-9]{1,9})?)?)?"
+    "([zZ]|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?$"
+)
+# Month-days the strict shape admits that may not exist (February 29 outside leap years too).
+DOUBTFUL_DAYS = ("02-29", "02-30", "02-31", "04-31", "06-31", "09-31", "11-31")
+# pandas (and so the contract) represents no instant after 2262-04-11.
+LAST_REPRESENTABLE_YEAR = "2262"
 # Value columns read other than as `::text` (OIDs of the row description's type_code).
 MONEY_TYPE = 790
 FLOAT_TYPES = {700: "real", 701: "double precision"}
@@ -75,9 +105,9 @@ EXACT_FIELDS = ("amount", "amountMinor", "fxRate")
 EXACT_CASTS = {"amount": "numeric(20,2)", "amountMinor": "bigint", "fxRate": "numeric(20,10)"}
 # Part of the staging fingerprint: a change in how values are read makes completed days be read
 # again (days staged before issue 19 hold money columns in their locale text).
-VALUE_READING = "text; money as numeric (issue 19)"
-NO_PARTITION_REASON = "timestampUtc: before BACKFILL_START_DATE (belongs to no partition)"
-EMPTY_TIMESTAMP_REASON = "timestampUtc: empty"
+VALUE_READING = "text; money as numeric (issue 19); timestamps by the contract (issue 20)"
+NO_PARTITION_REASON = BEFORE_START_DATE
+EMPTY_TIMESTAMP_REASON = EMPTY
 CURSOR_NAME = "ledger_backfill_source"
 
 
@@ -94,6 +124,9 @@ class _Shape:
     layout: Layout
     # `money` columns: read as their numeric value, never as the locale's text.
     money_columns: frozenset[str] = frozenset()
+    # AWARE (timestamptz), NAIVE (timestamp, date) or TEXT; `date` for a date column.
+    timestamp_kind: str = AWARE
+    timestamp_is_date: bool = False
 
     @property
     def value_columns(self) -> list[str]:
@@ -203,19 +236,26 @@ class DatabaseSource(SourceReader):
         timestamp = self.timestamp_column or layout.column_for("timestampUtc")
         if timestamp not in types:
             raise DatabaseSourceError(f"the source has no timestamp column {timestamp!r}")
-        if types[timestamp] not in TIME_TYPES:
+        if types[timestamp] not in TIMESTAMP_KINDS:
             raise DatabaseSourceError(
-                f"timestamp column {timestamp!r} must be timestamptz, timestamp or date to select "
-                "a day; cast it in BACKFILL_SOURCE_QUERY"
+                f"timestamp column {timestamp!r} must be timestamptz, timestamp, date or text "
+                "(text, varchar, char) to select a day"
             )
         _refuse_binary_floats(layout, types)
         money = frozenset(c for c in layout.fields_by_column if types.get(c) == MONEY_TYPE)
-        return _Shape(self.id_column, timestamp, layout, money)
+        return _Shape(
+            self.id_column,
+            timestamp,
+            layout,
+            money,
+            TIMESTAMP_KINDS[types[timestamp]],
+            types[timestamp] == 1082,
+        )
 
     def _select(self, shape: _Shape, where: sql.Composable) -> sql.Composed:
         columns = [
             sql.SQL("src.{} AS __id").format(sql.Identifier(shape.id_column)),
-            sql.SQL("src.{}::timestamptz AS __ts").format(sql.Identifier(shape.timestamp_column)),
+            _timestamp_expression(shape),
             *[_value_expression(shape, c) for c in shape.value_columns],
         ]
         return sql.SQL("SELECT {} FROM {} AS src WHERE {} ORDER BY src.{}").format(
@@ -244,6 +284,7 @@ class DatabaseSource(SourceReader):
 
     # -- extraction ---------------------------------------------------------------------------
     def extract(self, partition_keys: list[str], staging_root: Path) -> ExtractResult:
+        check_timezone(self.source_timezone)
         run_start = datetime.now(UTC)
         staging = SourceStaging(staging_root / self.source_key, self.fingerprint())
         staged: dict[str, Path] = {}
@@ -251,11 +292,14 @@ class DatabaseSource(SourceReader):
         pages = resumed = unchanged = 0
         try:
             shape = self._with_retries(lambda conn: self._shape(conn))
+            # First, so that the days know the rows only an id can reach (`_Unplaced.strays`).
+            unplaced = self._with_retries(lambda conn: self._unpartitioned(conn, shape, run_start))
             for key in partition_keys:
+                day = self._day_where(shape, key, run_start, unplaced.strays.get(key, []))
                 with staging.lock(key):
                     done = staging.completed(key)
                     if done and self._with_retries(
-                        lambda conn, d=done: self._unchanged(conn, shape, d, run_start)
+                        lambda conn, d=done, w=day: self._unchanged(conn, w, d)
                     ):
                         unchanged += 1
                         rows[key] = int(done["rows"])
@@ -264,19 +308,21 @@ class DatabaseSource(SourceReader):
                         continue
                     part = staging.open(key, run_start)
                     resumed += part.resumed
-                    self._with_retries(lambda conn, p=part: self._stage(conn, shape, p, run_start))
+                    self._with_retries(
+                        lambda conn, p=part, w=day: self._stage(conn, shape, p, w, run_start)
+                    )
                     location = part.finish()
                 pages += part.pages
                 rows[key] = part.rows
                 if location is not None:
                     staged[key] = location
-            rejects = self._with_retries(lambda conn: self._unpartitioned(conn, shape))
         except psycopg.Error as exc:
             if is_transient(exc):
                 raise SourceUnavailableError(
                     "database source", self.max_retries + 1, redact(str(exc)).strip()
                 ) from exc
             raise DatabaseSourceError(f"database source: {redact(str(exc)).strip()}") from exc
+        rejects = unplaced.rejects
         return ExtractResult(
             source_id=self.source_id,
             source_type=self.source_type,
@@ -288,6 +334,7 @@ class DatabaseSource(SourceReader):
                 "relation": self.table or "BACKFILL_SOURCE_QUERY",
                 "key_column": shape.id_column,
                 "timestamp_column": shape.timestamp_column,
+                "timestamp_read_as": shape.timestamp_kind,
                 "layout": shape.layout.name,
                 "pages": pages,
                 "partitions_resumed": resumed,
@@ -309,34 +356,83 @@ class DatabaseSource(SourceReader):
         low = datetime.combine(date.fromisoformat(partition_key), datetime.min.time(), UTC)
         return low, min(low + timedelta(days=1), run_start)
 
-    def _unchanged(
-        self, conn: psycopg.Connection, shape: _Shape, state: dict, run_start: datetime
-    ) -> bool:
-        """Does the day still hold the rows its completed staging holds (count and highest id)?
-        Ledger rows are append-only; a row edited in place is not noticed (see docs/sources.md)."""
-        low, high = self._window(str(state["partition_key"]), run_start)
-        ts, key = sql.Identifier(shape.timestamp_column), sql.Identifier(shape.id_column)
-        probe = sql.SQL(
-            "SELECT count(*), max(src.{}) FROM {} AS src WHERE src.{} >= %s AND src.{} < %s"
-        ).format(key, self._relation(), ts, ts)
-        count, highest = conn.execute(probe, (low, high)).fetchone()
+    def _day_where(
+        self, shape: _Shape, partition_key: str, run_start: datetime, strays: list[int]
+    ) -> _DayWindow:
+        """The rows a day's read asks for: every row that can belong to the UTC day, and more.
+
+        - timestamptz: the UTC day itself (an instant needs no widening).
+        - naive timestamp or date: the local times the UTC day spans in SOURCE_TIMEZONE,
+          widened by the zone's smallest and largest offsets around the day (plus a margin),
+          compared as naive values, so the column's own index serves it.
+        - text: values whose leading `YYYY-MM-DD` is the day before, the day or the day after
+          (an offset, stated or the zone's, moves an instant by less than a day), compared
+          byte-wise (COLLATE "C", the order of ISO text), plus the rows the whole-source pass
+          found that no prefix reaches (leading whitespace), by id.
+        The contract then places each row read; only rows of this day are staged."""
+        low, high = self._window(partition_key, run_start)
+        ts = sql.Identifier(shape.timestamp_column)
+        if shape.timestamp_kind == AWARE:
+            where = sql.SQL("src.{} >= %(low)s AND src.{} < %(high)s").format(ts, ts)
+            return _DayWindow(low, high, where, {"low": low, "high": high})
+        if shape.timestamp_kind == NAIVE:
+            local_low, local_high = _local_span(self.source_timezone, low, high)
+            where = sql.SQL("src.{} >= %(low)s AND src.{} < %(high)s").format(ts, ts)
+            return _DayWindow(low, high, where, {"low": local_low, "high": local_high})
+        day = low.date()
+        params = {
+            "low": (day - timedelta(days=1)).isoformat(),
+            "high": (day + timedelta(days=2)).isoformat(),
+            "strays": strays,
+        }
+        where = sql.SQL(
+            '((src.{ts} COLLATE "C" >= %(low)s AND src.{ts} COLLATE "C" < %(high)s)'
+            " OR src.{key} = ANY(%(strays)s))"
+        ).format(ts=ts, key=sql.Identifier(shape.id_column))
+        return _DayWindow(low, high, where, params)
+
+    def _unchanged(self, conn: psycopg.Connection, day: _DayWindow, state: dict) -> bool:
+        """Does the day's window still hold the rows its completed read saw (count and highest
+        id)? The window holds every row that can belong to the day, so a late row of the day
+        changes one of them. Ledger rows are append-only; a row edited in place is not noticed
+        (see docs/sources.md)."""
+        probe = sql.SQL("SELECT count(*), max(src.{}) FROM {} AS src WHERE {}").format(
+            sql.Identifier(self.id_column), self._relation(), day.where
+        )
+        count, highest = conn.execute(probe, day.params).fetchone()
         conn.rollback()
-        return count == int(state["rows"]) and highest == state.get("resume")
+        if "window_rows" not in state:  # a read made before windows were widened
+            return False
+        return count == int(state["window_rows"]) and highest == state.get("window_max")
 
     def _stage(
-        self, conn: psycopg.Connection, shape: _Shape, part: PartitionStaging, run_start: datetime
+        self,
+        conn: psycopg.Connection,
+        shape: _Shape,
+        part: PartitionStaging,
+        day: _DayWindow,
+        run_start: datetime,
     ) -> None:
-        """Stream one day, ordered by key, after the last id already staged."""
-        low, high = self._window(str(part.state["partition_key"]), run_start)
-        ts, key = sql.Identifier(shape.timestamp_column), sql.Identifier(shape.id_column)
-        where = sql.SQL("src.{} >= %(low)s AND src.{} < %(high)s").format(ts, ts)
+        """Stream the day's window, ordered by key, after the last id already read; stage the
+        rows the contract places in this day."""
+        where, params = day.where, dict(day.params)
         after = part.resume
         if after is not None:
-            where = sql.SQL("{} AND src.{} > %(after)s").format(where, key)
-        params = {"low": low, "high": high, "after": after}
+            where = sql.SQL("{} AND src.{} > %(after)s").format(
+                where, sql.Identifier(shape.id_column)
+            )
+            params["after"] = after
+        part.state.setdefault("window_rows", 0)
+        part.state.setdefault("window_max", None)
         for page in self._pages(conn, self._select(shape, where), params):
-            table = staged_table(self._rows(shape, page))
-            part.write_page(table, resume=int(page[-1][0]))
+            placed = [
+                row
+                for row in self._rows(shape, page)
+                if row.reason is None and day.low <= row.utc < day.high  # type: ignore[operator]
+            ]
+            part.state["window_rows"] = int(part.state["window_rows"]) + len(page)  # type: ignore[call-overload]
+            part.state["window_max"] = int(page[-1][0])
+            part.write_page(staged_table(r.staged for r in placed), resume=int(page[-1][0]))
 
     def _pages(
         self, conn: psycopg.Connection, statement: sql.Composed, params: dict
@@ -350,12 +446,18 @@ class DatabaseSource(SourceReader):
                 while page := cur.fetchmany(self.page_size):
                     yield page
 
-    def _rows(self, shape: _Shape, page: list[tuple]) -> Iterator[dict[str, object]]:
+    def _rows(self, shape: _Shape, page: list[tuple]) -> list[_Row]:
+        """Each record of a page as a staged row, with its UTC instant or the contract's reason
+        why it has none. Naive and text timestamps go through `parse_utc`, as CSV's do."""
+        utc, reasons = self._instants(shape, [record[1] for record in page])
         mapped = shape.layout.fields_by_column
         columns = shape.value_columns
         source = self.table or "BACKFILL_SOURCE_QUERY"
-        for record in page:
-            key, ts, values = int(record[0]), record[1], record[2:]
+        written_at = columns.index(shape.timestamp_column)
+        rows = []
+        for record, instant, reason in zip(page, utc, reasons, strict=True):
+            key, values = int(record[0]), record[2:]
+            written = values[written_at]  # the timestamp as PostgreSQL prints it
             fields: dict[str, str | None] = {}
             extras: dict[str, object] = {}
             for column, value in zip(columns, values, strict=True):
@@ -363,38 +465,214 @@ class DatabaseSource(SourceReader):
                 if target is None:
                     if value is not None:
                         extras[column] = value
-                elif target == "timestampUtc":
-                    fields[target] = ts.astimezone(UTC).isoformat() if ts is not None else value
-                else:
+                elif target != "timestampUtc":
                     fields[target] = value
-            yield canonical_row(
-                key, source, key, fields, extras or None, ts.astimezone(UTC) if ts else None
-            )
+            fields["timestampUtc"] = _timestamp_field(shape, written, instant)
+            staged = canonical_row(key, source, key, fields, extras or None, instant)
+            rows.append(_Row(staged, instant, reason, written))
+        return rows
 
-    def _unpartitioned(self, conn: psycopg.Connection, shape: _Shape) -> pd.DataFrame:
-        """Rows that no day can hold: no timestamp, or one before BACKFILL_START_DATE."""
-        ts = sql.Identifier(shape.timestamp_column)
-        where = sql.SQL("src.{} IS NULL OR src.{} < %(start)s").format(ts, ts)
+    def _instants(
+        self, shape: _Shape, stamps: list[object]
+    ) -> tuple[list[datetime | None], list[str | None]]:
+        if shape.timestamp_kind == AWARE:  # psycopg's aware datetimes: instants already
+            utc = [s.astimezone(UTC) if isinstance(s, datetime) else None for s in stamps]
+            return utc, [None if u else EMPTY_TIMESTAMP_REASON for u in utc]
+        parsed, reasons = parse_utc(pd.Series(stamps, dtype=object), self.source_timezone)
+        instants = [None if pd.isna(p) else p.to_pydatetime() for p in parsed]
+        return instants, [None if pd.isna(r) else str(r) for r in reasons]
+
+    def _unpartitioned(
+        self, conn: psycopg.Connection, shape: _Shape, run_start: datetime
+    ) -> _Unplaced:
+        """Rows that no day can hold, found by one query over the whole source each run: no
+        timestamp, one before BACKFILL_START_DATE, and (naive and text columns) one the
+        contract refuses. The query asks for a superset (`_unplaced_where`); `parse_utc`
+        decides, so a row is a reject here exactly when no day's read would stage it. Text
+        rows the contract places in a day that no day's prefix window reaches are `strays`."""
         start = datetime.combine(date.fromisoformat(self.start_date), datetime.min.time(), UTC)
+        where, params = self._unplaced_where(shape, start, run_start)
         source = self.table or "BACKFILL_SOURCE_QUERY"
+        unplaced = _Unplaced()
         rejects: list[dict[str, object]] = []
-        for page in self._pages(conn, self._select(shape, where), {"start": start}):
+        for page in self._pages(conn, self._select(shape, where), params):
             for row in self._rows(shape, page):
-                raw = raw_fields(row)
-                if row["extra_columns"]:
-                    raw.update(json.loads(str(row["extra_columns"])))
-                reason = NO_PARTITION_REASON if row["timestamp_utc"] else EMPTY_TIMESTAMP_REASON
-                rejects.append(
-                    {
-                        "source_row_id": row["source_row_id"],
-                        "source_file": source,
-                        "line_number": row["line_number"],
-                        "raw_text": None,
-                        "raw_row": json.dumps(raw, ensure_ascii=False),
-                        "reasons": [reason],
-                    }
+                reason = row.reason
+                if reason is None and row.utc is not None and row.utc < start:
+                    reason = NO_PARTITION_REASON
+                if reason is None:
+                    if shape.timestamp_kind == TEXT and row.utc is not None:
+                        unplaced.note_stray(row)
+                    continue
+                if shape.timestamp_kind != AWARE:  # a reject keeps the value as written
+                    row.staged["timestampUtc"] = row.written
+                rejects.append(_reject(row.staged, source, reason))
+        unplaced.rejects = pd.DataFrame(rejects, columns=REJECT_COLUMNS)
+        return unplaced
+
+    def _unplaced_where(
+        self, shape: _Shape, start: datetime, run_start: datetime
+    ) -> tuple[sql.Composable, dict[str, object]]:
+        """The whole-source query's condition: every row no day can hold, and a few that can."""
+        ts = sql.Identifier(shape.timestamp_column)
+        if shape.timestamp_kind == AWARE:
+            where = sql.SQL("src.{} IS NULL OR src.{} < %(start)s").format(ts, ts)
+            return where, {"start": start}
+        gaps = _local_transitions(
+            self.source_timezone, start - timedelta(days=1), run_start + timedelta(days=1)
+        )
+        if shape.timestamp_kind == NAIVE:
+            # Local times before the start's latest local midnight may be before it in UTC.
+            _, start_high = _local_span(self.source_timezone, start, start)
+            parts = [
+                sql.SQL("src.{} IS NULL").format(ts),
+                sql.SQL("src.{} < %(start)s").format(ts),
+                sql.SQL("src.{} = 'infinity'").format(ts),
+            ]
+            params: dict[str, object] = {"start": start_high}
+            for n, (low, high) in enumerate(gaps):
+                parts.append(
+                    sql.SQL("(src.{ts} >= {low} AND src.{ts} < {high})").format(
+                        ts=ts, low=sql.Placeholder(f"g{n}l"), high=sql.Placeholder(f"g{n}h")
+                    )
                 )
-        return pd.DataFrame(rejects, columns=REJECT_COLUMNS)
+                params[f"g{n}l"], params[f"g{n}h"] = low, high
+            return sql.SQL(" OR ").join(parts), params
+        # Text: the contract's whole grammar is not SQL's, so ask for every value the strict
+        # shape does not vouch for; every day a DST change touches (naive text only differs
+        # from the shape there); and the start's neighbourhood.
+        c = sql.SQL('src.{} COLLATE "C"').format(ts)
+        parts = [
+            sql.SQL("src.{} IS NULL").format(ts),
+            sql.SQL("src.{}::text !~ %(shape)s").format(ts),
+            sql.SQL("substr(src.{}::text, 6, 5) = ANY(%(doubtful)s)").format(ts),
+            sql.SQL("{} < %(start)s").format(c),
+            sql.SQL("{} >= %(last)s").format(c),
+        ]
+        params = {
+            "shape": STRICT_ISO,
+            "doubtful": list(DOUBTFUL_DAYS),
+            "start": (start.date() + timedelta(days=1)).isoformat(),
+            "last": LAST_REPRESENTABLE_YEAR,
+        }
+        for n, (low, high) in enumerate(gaps):
+            parts.append(
+                sql.SQL("({c} >= {low} AND {c} < {high})").format(
+                    c=c, low=sql.Placeholder(f"g{n}l"), high=sql.Placeholder(f"g{n}h")
+                )
+            )
+            params[f"g{n}l"] = low.date().isoformat()
+            params[f"g{n}h"] = (high.date() + timedelta(days=1)).isoformat()
+        return sql.SQL(" OR ").join(parts), params
+
+
+@dataclass(frozen=True)
+class _DayWindow:
+    """One day's read: its UTC bounds, and the condition and parameters that select it."""
+
+    low: datetime
+    high: datetime
+    where: sql.Composable
+    params: dict[str, object]
+
+
+@dataclass(frozen=True)
+class _Row:
+    staged: dict[str, object]
+    utc: datetime | None
+    reason: str | None
+    written: object = None  # the timestamp column's value as PostgreSQL prints it (`::text`)
+
+
+@dataclass
+class _Unplaced:
+    """What the whole-source pass found: rejects of no partition, and text rows of a day that
+    its prefix window cannot reach (by day, their ids)."""
+
+    rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECT_COLUMNS))
+    strays: dict[str, list[int]] = field(default_factory=dict)
+
+    def note_stray(self, row: _Row) -> None:
+        assert row.utc is not None
+        day = row.utc.date()
+        text = str(row.staged["timestampUtc"] or "")
+        low, high = str(day - timedelta(days=1)), str(day + timedelta(days=2))
+        if not low <= text < high:  # Python compares code points: the order of COLLATE "C"
+            self.strays.setdefault(day.isoformat(), []).append(int(row.staged["source_row_id"]))  # type: ignore[call-overload]
+
+
+def _reject(row: dict[str, object], source: str, reason: str) -> dict[str, object]:
+    raw = raw_fields(row)
+    if row["extra_columns"]:
+        raw.update(json.loads(str(row["extra_columns"])))
+    return {
+        "source_row_id": row["source_row_id"],
+        "source_file": source,
+        "line_number": row["line_number"],
+        "raw_text": None,
+        "raw_row": json.dumps(raw, ensure_ascii=False),
+        "reasons": [reason],
+    }
+
+
+def _timestamp_expression(shape: _Shape) -> sql.Composable:
+    """The timestamp as the reader parses it. A timestamptz as an instant; a naive timestamp or
+    date as ISO text (to_char: the same whatever the session's DateStyle; 'infinity' as
+    itself, which the contract refuses); text as it is."""
+    ts = sql.Identifier(shape.timestamp_column)
+    if shape.timestamp_kind == AWARE:
+        return sql.SQL("src.{}::timestamptz AS __ts").format(ts)
+    if shape.timestamp_kind == TEXT:
+        return sql.SQL("src.{}::text AS __ts").format(ts)
+    pattern = "YYYY-MM-DD" if shape.timestamp_is_date else 'YYYY-MM-DD"T"HH24:MI:SS.US'
+    return sql.SQL(
+        "CASE WHEN isfinite(src.{ts}) THEN to_char(src.{ts}, {pattern}) ELSE src.{ts}::text END"
+        " AS __ts"
+    ).format(ts=ts, pattern=sql.Literal(pattern))
+
+
+def _timestamp_field(shape: _Shape, value: object, instant: datetime | None) -> str | None:
+    """The staged `timestampUtc`: text as written (as a CSV stages it); otherwise the instant
+    in UTC, as staged before issue 20 (so a row's identity does not change), or the value
+    as PostgreSQL prints it when the contract could not place it."""
+    if shape.timestamp_kind == TEXT or instant is None:
+        return None if value is None else str(value)
+    return instant.isoformat()
+
+
+def _offsets(zone: ZoneInfo, low: datetime, high: datetime) -> list[timedelta]:
+    """The zone's UTC offsets at `low`, `high` and every quarter of an hour between."""
+    step, moment, offsets = timedelta(minutes=15), low, []
+    while moment < high:
+        offsets.append(moment.astimezone(zone).utcoffset() or timedelta(0))
+        moment += step
+    offsets.append(high.astimezone(zone).utcoffset() or timedelta(0))
+    return offsets
+
+
+def _local_span(timezone: str, low: datetime, high: datetime) -> tuple[datetime, datetime]:
+    """Naive local bounds holding every local time whose instant is in [low, high): the UTC
+    bounds moved by the zone's smallest and largest offsets over them, widened by a margin."""
+    offsets = _offsets(ZoneInfo(timezone), low, high)
+    local_low = low + min(offsets) - WINDOW_MARGIN
+    local_high = high + max(offsets) + WINDOW_MARGIN
+    return local_low.replace(tzinfo=None), local_high.replace(tzinfo=None)
+
+
+def _local_transitions(timezone: str, low: datetime, high: datetime) -> list[tuple]:
+    """Naive local ranges around each offset change of the zone between `low` and `high` (UTC):
+    the local times a change skips or repeats, widened by the margin on both sides."""
+    zone = ZoneInfo(timezone)
+    hour, moment, ranges = timedelta(hours=1), low, []
+    before = moment.astimezone(zone).utcoffset()
+    while moment < high:
+        after = (moment + hour).astimezone(zone).utcoffset()
+        if after != before and before is not None and after is not None:
+            local = (moment + hour).replace(tzinfo=None)
+            first, last = local + min(before, after) - hour, local + max(before, after)
+            ranges.append((first - WINDOW_MARGIN, last + WINDOW_MARGIN))
+        moment, before = moment + hour, after
+    return ranges
 
 
 def _value_expression(shape: _Shape, column: str) -> sql.Composable:

@@ -1,0 +1,347 @@
+"""DATABASE source, issue 20: naive `timestamp` and `date` columns and text timestamp columns are
+placed by the contract's own code (`timestamps.parse_utc`, the one CSV timestamps go through),
+never by the database session's cast.
+
+Each test builds a legacy table in a real second database on the same server and backfills it
+through all five assets with real Dagster materializations. A local time a DST change skips or
+repeats is a reject with the contract's reason (partition NULL, stage 'extract', as in a CSV); a
+malformed text value is a reject of that row with its text; every other row posts at its exact
+UTC instant, in its UTC day, once, even when two days' widened windows both read it; the run is
+green and the reconciliation RECONCILES; a re-run posts nothing new and keeps the rejects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+from psycopg import sql
+
+from ledger_backfill_dagster.sources.database import DatabaseSource
+from ledger_backfill_dagster.timestamps import (
+    BEFORE_START_DATE,
+    EMPTY,
+    NONEXISTENT_LOCAL,
+    UNPARSEABLE,
+)
+from ledger_backfill_dagster_tests.conftest import _url_for
+from ledger_backfill_dagster_tests.helpers import (
+    assert_ledger_invariants,
+    check_evaluations,
+    ledger_snapshot,
+    materialize_range,
+)
+
+TABLE_DDL = """
+CREATE TABLE legacy_ts (
+    id                 BIGINT PRIMARY KEY,
+    debit_account_id   TEXT,
+    credit_account_id  TEXT,
+    amount             NUMERIC(18, 2),
+    currency_code      TEXT,
+    transaction_type   TEXT,
+    reference_id       TEXT,
+    timestamp_utc      {ts_type}
+);
+CREATE INDEX legacy_ts_at ON legacy_ts ({index});
+"""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One legacy row: its timestamp as written, and what the contract makes of it: the exact
+    UTC instant (posted) or the reject's reason."""
+
+    ref: str
+    written: str | None
+    posted_at: datetime | None = None
+    reason: str | None = None
+
+    @property
+    def day(self) -> str:
+        assert self.posted_at is not None
+        return self.posted_at.date().isoformat()
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+
+
+@pytest.fixture
+def source_url(pg_admin_url: str) -> Iterator[str]:
+    """A second, separate database on the same server: the legacy system being migrated."""
+    name = f"lbt_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield _url_for(pg_admin_url, name)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def source_env(backfill_env, source_url, monkeypatch, tmp_path) -> dict[str, str]:
+    accounts = tmp_path / "accounts.csv"
+    accounts.write_text("accountId,currencyCode,allowNegative\nA-EUR,EUR,true\nB-EUR,EUR,true\n")
+    env = {
+        "BACKFILL_SOURCE_TYPE": "DATABASE",
+        "BACKFILL_SOURCE_URL": source_url,
+        "BACKFILL_SOURCE_TABLE": "legacy_ts",
+        "BACKFILL_SOURCE_PAGE_SIZE": "3",  # several pages per day, resumes across them
+        "ACCOUNTS_FILE": str(accounts),
+        "REPORTS_DIR": str(tmp_path / "reports"),
+    }
+    for key in ("BACKFILL_SOURCE_QUERY", "BACKFILL_SOURCE_COLUMN_MAP", "BACKFILL_API_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    backfill_env.update(env)
+    return backfill_env
+
+
+def load(url: str, ts_type: str, rows: list[Row], index: str = "timestamp_utc") -> None:
+    with psycopg.connect(url) as conn:
+        conn.execute(TABLE_DDL.format(ts_type=ts_type, index=index))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO legacy_ts VALUES (%s, 'A-EUR', 'B-EUR', 1.25, 'EUR', 'TRANSFER', %s,"
+                " %s)",
+                [(n, row.ref, row.written) for n, row in enumerate(rows, start=1)],
+            )
+        conn.execute("ANALYZE legacy_ts")
+
+
+def outcome(database_url: str) -> tuple[dict, dict]:
+    """(posted: ref → (UTC instant, day), rejected: ref → (partition, stage, reasons, raw ts))."""
+    with psycopg.connect(database_url) as conn:
+        assert_ledger_invariants(conn)
+        posted = {
+            ref: (at.astimezone(UTC), day)
+            for ref, at, day in conn.execute(
+                "SELECT reference_id, timestamp_utc, backfill_partition FROM ledger_entries"
+            ).fetchall()
+        }
+        rejected = {
+            ref: (partition, stage, reasons, raw)
+            for ref, partition, stage, reasons, raw in conn.execute(
+                "SELECT raw_row->>'referenceId', partition_key, stage, reasons,"
+                " raw_row->>'timestampUtc' FROM ledger_backfill_rejects"
+            ).fetchall()
+        }
+        held = conn.execute(
+            "SELECT (SELECT count(*) FROM ledger_backfill_duplicates)"
+            " + (SELECT count(*) FROM ledger_backfill_conflicts)"
+        ).fetchone()[0]
+    assert held == 0, "a row staged twice would be held as a duplicate or a conflict"
+    return posted, rejected
+
+
+def assert_fates(database_url: str, rows: list[Row], raw: dict[str, str | None]) -> None:
+    """Every good row posted at its instant (to the microsecond) in its day; every bad one a
+    reject of no partition with its reason and the timestamp as the table holds it."""
+    posted, rejected = outcome(database_url)
+    assert posted == {r.ref: (r.posted_at, r.day) for r in rows if r.posted_at}
+    assert rejected == {
+        r.ref: (None, "extract", [r.reason], raw[r.ref]) for r in rows if r.reason is not None
+    }
+
+
+def assert_reconciles(result, reports: Path) -> None:
+    assert result.success
+    markdown = max(reports.glob("*/reconciliation/*.md"), key=lambda p: p.stat().st_mtime)
+    assert markdown.read_text().startswith("# Reconciliation: RECONCILES"), markdown.read_text()
+    checks = check_evaluations(result)
+    assert checks and all(checks.values()), checks
+
+
+def printed(rows: list[Row], ts_type: str, url: str) -> dict[str, str | None]:
+    """Each row's timestamp as PostgreSQL prints it (`::text`): a reject keeps that text."""
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute("SELECT reference_id, timestamp_utc::text FROM legacy_ts"))
+
+
+BERLIN = [
+    # Spring: 2024-03-31 02:00 → 03:00 CEST (01:00Z). The gap is refused, not guessed.
+    Row("B-GAP", "2024-03-31 02:30", reason=NONEXISTENT_LOCAL),
+    Row("B-GAP-START", "2024-03-31 02:00", reason=NONEXISTENT_LOCAL),
+    Row("B-BEFORE-GAP", "2024-03-31 01:59:59.999999", utc(2024, 3, 31, 0, 59, 59, 999999)),
+    Row("B-AFTER-GAP", "2024-03-31 03:00", utc(2024, 3, 31, 1)),
+    # Near local midnight: the neighbouring UTC day (read by both days' windows, staged once).
+    Row("B-MIDNIGHT-CET", "2024-03-31 00:30", utc(2024, 3, 30, 23, 30)),
+    Row("B-MIDNIGHT-CEST", "2024-04-01 01:15:00.5", utc(2024, 3, 31, 23, 15, 0, 500000)),
+    Row("B-LATE-CET", "2024-03-30 23:59:59", utc(2024, 3, 30, 22, 59, 59)),
+    Row("B-EARLY", "2024-03-30 00:59:59.123456", utc(2024, 3, 29, 23, 59, 59, 123456)),
+    # Autumn: 2024-10-27 03:00 CEST → 02:00 CET (01:00Z). 02:00–02:59:59 happen twice.
+    Row("B-OVERLAP", "2024-10-27 02:30", reason=NONEXISTENT_LOCAL),
+    Row("B-OVERLAP-START", "2024-10-27 02:00", reason=NONEXISTENT_LOCAL),
+    Row("B-BEFORE-OVERLAP", "2024-10-27 01:59:59", utc(2024, 10, 26, 23, 59, 59)),
+    Row("B-AFTER-OVERLAP", "2024-10-27 03:00", utc(2024, 10, 27, 2)),
+    Row("B-MIDNIGHT-AUTUMN", "2024-10-28 00:30", utc(2024, 10, 27, 23, 30)),
+    # No partition: before the start in UTC (local 00:30 on the first day is the day before).
+    Row("B-BEFORE-START", "2024-01-01 00:30", reason=BEFORE_START_DATE),
+    Row("B-NULL", None, reason=EMPTY),
+]
+
+
+def run_twice_and_compare(ranges: list[tuple[str, str]], database_url: str, reports: Path):
+    for first, last in ranges:
+        assert_reconciles(materialize_range(first, last), reports)
+    with psycopg.connect(database_url) as conn:
+        before = ledger_snapshot(conn)
+        rejects = conn.execute(
+            "SELECT source_row_id, partition_key, reasons FROM ledger_backfill_rejects ORDER BY 1"
+        ).fetchall()
+    again = materialize_range(*ranges[0])
+    assert_reconciles(again, reports)
+    with psycopg.connect(database_url) as conn:
+        assert ledger_snapshot(conn) == before  # nothing new posted
+        assert (
+            conn.execute(
+                "SELECT source_row_id, partition_key, reasons FROM ledger_backfill_rejects"
+                " ORDER BY 1"
+            ).fetchall()
+            == rejects
+        )
+
+
+def test_naive_timestamps_in_berlin_follow_the_contract(
+    source_env, source_url, database_url, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SOURCE_TIMEZONE", "Europe/Berlin")
+    load(source_url, "TIMESTAMP", BERLIN)
+    ranges = [("2024-03-29", "2024-04-01"), ("2024-10-26", "2024-10-28")]
+    run_twice_and_compare(ranges, database_url, tmp_path / "reports")
+    assert_fates(database_url, BERLIN, printed(BERLIN, "TIMESTAMP", source_url))
+
+    # A row near a day boundary is read by two days' windows and staged by one only.
+    source = DatabaseSource(
+        url=source_url, table="legacy_ts", source_timezone="Europe/Berlin", page_size=2
+    )
+    days = ["2024-03-29", "2024-03-30", "2024-03-31", "2024-04-01"]
+    result = source.extract(days, tmp_path / "stage")
+    staged = {
+        day: sorted(pq.read_table(path, columns=["referenceId"]).column(0).to_pylist())
+        for day, path in result.staged.items()
+    }
+    assert staged == {
+        "2024-03-29": ["B-EARLY"],
+        "2024-03-30": ["B-LATE-CET", "B-MIDNIGHT-CET"],
+        "2024-03-31": ["B-AFTER-GAP", "B-BEFORE-GAP", "B-MIDNIGHT-CEST"],
+    }
+    assert len(result.unpartitioned_rejects) == 6  # the four DST rejects, before start, NULL
+
+    # A completed day is kept while its widened window is unchanged; a late row that only the
+    # neighbouring UTC day can hold (local 00:45 on the 31st is 23:45Z on the 30th) is in both
+    # days' windows: both are read again, and it is staged by its own day only.
+    again = source.extract(days, tmp_path / "stage")
+    assert (again.details["partitions_unchanged"], again.details["pages"]) == (4, 0)
+    with psycopg.connect(source_url) as conn:
+        conn.execute(
+            "INSERT INTO legacy_ts VALUES (100, 'A-EUR', 'B-EUR', 1, 'EUR', 'TRANSFER', 'B-LATE',"
+            " '2024-03-31 00:45')"
+        )
+    late = source.extract(days, tmp_path / "stage")
+    assert late.details["partitions_unchanged"] == 2  # 03-29 and 04-01 are not reached
+    assert late.rows_by_partition == {
+        "2024-03-29": 1,
+        "2024-03-30": 3,
+        "2024-03-31": 3,
+        "2024-04-01": 0,
+    }
+    ids = pq.read_table(late.staged["2024-03-30"], columns=["source_row_id"]).column(0)
+    assert 100 in ids.to_pylist()
+
+
+NEW_YORK = [
+    # Spring: 2024-03-10 02:00 EST → 03:00 EDT (07:00Z).
+    Row("N-GAP", "2024-03-10 02:30", reason=NONEXISTENT_LOCAL),
+    Row("N-BEFORE-GAP", "2024-03-10 01:59:59", utc(2024, 3, 10, 6, 59, 59)),
+    Row("N-AFTER-GAP", "2024-03-10 03:00", utc(2024, 3, 10, 7)),
+    # Local evening is the next UTC day.
+    Row("N-EVENING-EST", "2024-03-09 20:00:00.000001", utc(2024, 3, 10, 1, 0, 0, 1)),
+    Row("N-LAST-OF-DAY", "2024-03-10 19:59:59.999999", utc(2024, 3, 10, 23, 59, 59, 999999)),
+    Row("N-EVENING-EDT", "2024-03-10 20:00", utc(2024, 3, 11)),
+    # Autumn: 2024-11-03 02:00 EDT → 01:00 EST (06:00Z). 01:00–01:59:59 happen twice.
+    Row("N-OVERLAP", "2024-11-03 01:30", reason=NONEXISTENT_LOCAL),
+    Row("N-BEFORE-OVERLAP", "2024-11-03 00:59:59", utc(2024, 11, 3, 4, 59, 59)),
+    Row("N-AFTER-OVERLAP", "2024-11-03 02:00", utc(2024, 11, 3, 7)),
+    Row("N-EVENING-AUTUMN", "2024-11-02 21:00", utc(2024, 11, 3, 1)),
+]
+
+
+def test_naive_timestamps_in_new_york_follow_the_contract(
+    source_env, source_url, database_url, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SOURCE_TIMEZONE", "America/New_York")
+    load(source_url, "TIMESTAMP(6)", NEW_YORK)
+    ranges = [("2024-03-09", "2024-03-11"), ("2024-11-02", "2024-11-03")]
+    run_twice_and_compare(ranges, database_url, tmp_path / "reports")
+    assert_fates(database_url, NEW_YORK, printed(NEW_YORK, "TIMESTAMP", source_url))
+
+
+BERLIN_DATES = [
+    # A date is local midnight: in Berlin, 23:00Z or 22:00Z of the UTC day before.
+    Row("D-CET", "2024-03-30", utc(2024, 3, 29, 23)),
+    Row("D-SPRING", "2024-03-31", utc(2024, 3, 30, 23)),
+    Row("D-CEST", "2024-04-01", utc(2024, 3, 31, 22)),
+    Row("D-FIRST", "2024-01-01", reason=BEFORE_START_DATE),  # 2023-12-31T23:00Z
+    Row("D-NULL", None, reason=EMPTY),
+]
+
+
+def test_a_date_column_is_local_midnight(
+    source_env, source_url, database_url, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SOURCE_TIMEZONE", "Europe/Berlin")
+    load(source_url, "DATE", BERLIN_DATES)
+    assert_reconciles(materialize_range("2024-03-29", "2024-03-31"), tmp_path / "reports")
+    assert_fates(database_url, BERLIN_DATES, printed(BERLIN_DATES, "DATE", source_url))
+
+
+TEXTS = [
+    Row("T-Z", "2024-03-30T10:00:00Z", utc(2024, 3, 30, 10)),
+    Row("T-MINUS-2", "2024-03-30 23:30:00-02:00", utc(2024, 3, 31, 1, 30)),
+    Row("T-PLUS-0530", "2024-03-31T00:30:00+05:30", utc(2024, 3, 30, 19)),
+    Row("T-PLUS-COMPACT", "2024-03-31T01:30:00.25+0200", utc(2024, 3, 30, 23, 30, 0, 250000)),
+    Row("T-NAIVE", "2024-03-30 12:34:56.789012", utc(2024, 3, 30, 11, 34, 56, 789012)),
+    Row("T-DATE", "2024-03-31", utc(2024, 3, 30, 23)),
+    Row("T-NAIVE-CEST", "2024-04-01T00:15", utc(2024, 3, 31, 22, 15)),
+    Row("T-PADDED", "  2024-03-31 12:00:00 ", utc(2024, 3, 31, 10)),
+    Row("T-COMMA", "2024-03-31T12:00:00,5+01", utc(2024, 3, 31, 11, 0, 0, 500000)),
+    Row("T-LOWER-Z", "2024-03-31t23:59:59.999999z", reason=UNPARSEABLE),
+    Row("T-GAP", "2024-03-31 02:30", reason=NONEXISTENT_LOCAL),
+    Row("T-DMY", "31/02/2024", reason=UNPARSEABLE),
+    Row("T-FEB-30", "2024-02-30 10:00", reason=UNPARSEABLE),
+    Row("T-MONTH-13", "2024-13-01", reason=UNPARSEABLE),
+    Row("T-WORD", "yesterday", reason=UNPARSEABLE),
+    Row("T-EMPTY", "", reason=EMPTY),
+    Row("T-BLANK", "   ", reason=EMPTY),
+    Row("T-NULL", None, reason=EMPTY),
+    Row("T-BEFORE", "2023-12-31T23:00:00Z", reason=BEFORE_START_DATE),
+]
+
+
+def test_text_timestamps_are_read_by_the_contract(
+    source_env, source_url, database_url, tmp_path, monkeypatch
+) -> None:
+    """A text column with malformed values among good ones, with and without offsets: every
+    good row posts at its instant, every bad one is a reject with its reason and its text."""
+    monkeypatch.setenv("SOURCE_TIMEZONE", "Europe/Berlin")
+    load(source_url, "TEXT", TEXTS, index='timestamp_utc COLLATE "C"')
+    run_twice_and_compare([("2024-03-29", "2024-04-01")], database_url, tmp_path / "reports")
+    assert_fates(database_url, TEXTS, {r.ref: r.written for r in TEXTS})
+    with psycopg.connect(database_url) as conn:
+        # The text is staged as written (as a CSV's is): lineage keeps it.
+        staged = conn.execute(
+            "SELECT count(*) FROM ledger_entries WHERE reference_id = 'T-PADDED'"
+        ).fetchone()[0]
+    assert staged == 1
