@@ -12,6 +12,7 @@ green and the reconciliation RECONCILES; a re-run posts nothing new and keeps th
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -345,3 +346,78 @@ def test_text_timestamps_are_read_by_the_contract(
             "SELECT count(*) FROM ledger_entries WHERE reference_id = 'T-PADDED'"
         ).fetchone()[0]
     assert staged == 1
+
+
+MILLION = """
+CREATE TABLE legacy_ts AS
+SELECT n AS id, 'A-EUR' AS debit_account_id, 'B-EUR' AS credit_account_id,
+       1.25::numeric(18, 2) AS amount, 'EUR' AS currency_code, 'TRANSFER' AS transaction_type,
+       'M-' || n AS reference_id,
+       CASE WHEN n % 100000 = 0 THEN '31/02/2024'
+            ELSE to_char(timestamp '2024-01-01' + (n - 1) * interval '8.64 seconds',
+                         'YYYY-MM-DD"T"HH24:MI:SS"Z"') END AS timestamp_utc
+  FROM generate_series(1, 1000000) AS n;
+ALTER TABLE legacy_ts ADD PRIMARY KEY (id);
+ANALYZE legacy_ts;
+"""
+
+
+def timed(work) -> tuple[float, object]:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    value = work()
+    return time.perf_counter() - started, value
+
+
+@pytest.mark.slow
+def test_a_million_text_timestamps_are_read_a_day_at_a_time(source_url, tmp_path) -> None:
+    """The figure in docs/sources.md: 1M rows over 100 days (10,000 a day; 10 malformed), a TEXT
+    timestamp column, read one day without and with an index on (timestamp_utc COLLATE "C").
+    Timings are printed, never asserted (the machine is shared); what is read is asserted."""
+    with psycopg.connect(source_url) as conn:
+        conn.execute(MILLION)
+        expected = dict(
+            conn.execute(
+                "SELECT left(timestamp_utc, 10), count(*)::int FROM legacy_ts"
+                " WHERE timestamp_utc BETWEEN '2024-02-10' AND '2024-02-20' GROUP BY 1"
+            ).fetchall()
+        )
+    source = DatabaseSource(url=source_url, table="legacy_ts", page_size=5000)
+    shape = source._with_retries(source._shape)
+    figures: dict[str, float] = {}
+    for label, ddl in (
+        ("no index", None),
+        ("index", 'CREATE INDEX legacy_ts_at ON legacy_ts (timestamp_utc COLLATE "C")'),
+    ):
+        if ddl:
+            with psycopg.connect(source_url) as conn:
+                conn.execute(ddl)
+                conn.execute("ANALYZE legacy_ts")
+        run_start = datetime.now(UTC)
+        seconds, unplaced = timed(
+            lambda s=run_start: source._with_retries(
+                lambda conn: source._unpartitioned(conn, shape, s)
+            )
+        )
+        assert len(unplaced.rejects) == 10 and not unplaced.strays
+        figures[f"whole-source pass, {label}"] = seconds
+        day = source._day_where(shape, "2024-02-10", run_start, [])
+        days = [f"2024-02-{n:02d}" for n in range(10, 20)]
+        seconds, result = timed(lambda d=days, st=tmp_path / label: source.extract(d, st))
+        assert result.rows_by_partition == {d: expected[d] for d in days}
+        figures[f"ten days (extract, whole-source pass included), {label}"] = seconds
+        figures[f"one day, {label}"] = (seconds - figures[f"whole-source pass, {label}"]) / 10
+        seconds, result = timed(lambda d=days, st=tmp_path / label: source.extract(d, st))
+        assert result.details["partitions_unchanged"] == 10
+        figures[f"ten unchanged days (probe only), {label}"] = seconds
+        seconds, same = timed(
+            lambda d=day: source._with_retries(
+                lambda conn: conn.execute(
+                    sql.SQL("SELECT count(*) FROM legacy_ts AS src WHERE {}").format(d.where),
+                    d.params,
+                ).fetchone()[0]
+            )
+        )
+        # The day and its two neighbours by prefix, less the malformed row among them.
+        assert same == 29_999
+        figures[f"day window count, {label}"] = seconds
+    print({k: round(v, 3) for k, v in figures.items()})

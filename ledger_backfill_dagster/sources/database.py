@@ -96,6 +96,8 @@ STRICT_ISO = (
 DOUBTFUL_DAYS = ("02-29", "02-30", "02-31", "04-31", "06-31", "09-31", "11-31")
 # pandas (and so the contract) represents no instant after 2262-04-11.
 LAST_REPRESENTABLE_YEAR = "2262"
+# Rejects of no partition read whole per query (by key), after the pass that finds them.
+REJECTS_PER_QUERY = 10_000
 # Value columns read other than as `::text` (OIDs of the row description's type_code).
 MONEY_TYPE = 790
 FLOAT_TYPES = {700: "real", 701: "double precision"}
@@ -487,28 +489,50 @@ class DatabaseSource(SourceReader):
     ) -> _Unplaced:
         """Rows that no day can hold, found by one query over the whole source each run: no
         timestamp, one before BACKFILL_START_DATE, and (naive and text columns) one the
-        contract refuses. The query asks for a superset (`_unplaced_where`); `parse_utc`
-        decides, so a row is a reject here exactly when no day's read would stage it. Text
-        rows the contract places in a day that no day's prefix window reaches are `strays`."""
+        contract refuses. The query asks for a superset (`_unplaced_where`), key and timestamp
+        only; `parse_utc` decides, so a row is a reject here exactly when no day's read would
+        stage it; then only the rejects are read whole. Text rows the contract places in a day
+        that no day's prefix window reaches are `strays`."""
         start = datetime.combine(date.fromisoformat(self.start_date), datetime.min.time(), UTC)
         where, params = self._unplaced_where(shape, start, run_start)
-        source = self.table or "BACKFILL_SOURCE_QUERY"
         unplaced = _Unplaced()
-        rejects: list[dict[str, object]] = []
-        for page in self._pages(conn, self._select(shape, where), params):
-            for row in self._rows(shape, page):
-                reason = row.reason
-                if reason is None and row.utc is not None and row.utc < start:
+        reasons: dict[int, str] = {}
+        for page in self._pages(conn, self._select_timestamps(shape, where), params):
+            instants, why = self._instants(shape, [record[1] for record in page])
+            for (key, _, written), instant, reason in zip(page, instants, why, strict=True):
+                if reason is None and instant is not None and instant < start:
                     reason = NO_PARTITION_REASON
-                if reason is None:
-                    if shape.timestamp_kind == TEXT and row.utc is not None:
-                        unplaced.note_stray(row)
-                    continue
-                if shape.timestamp_kind != AWARE:  # a reject keeps the value as written
-                    row.staged["timestampUtc"] = row.written
-                rejects.append(_reject(row.staged, source, reason))
-        unplaced.rejects = pd.DataFrame(rejects, columns=REJECT_COLUMNS)
+                if reason is not None:
+                    reasons[int(key)] = reason
+                elif shape.timestamp_kind == TEXT and instant is not None:
+                    unplaced.note_stray(int(key), instant, written)
+        unplaced.rejects = self._rejects(conn, shape, reasons)
         return unplaced
+
+    def _select_timestamps(self, shape: _Shape, where: sql.Composable) -> sql.Composed:
+        """Key, timestamp as parsed and timestamp as printed of the rows `where` selects."""
+        ts, key = sql.Identifier(shape.timestamp_column), sql.Identifier(shape.id_column)
+        return sql.SQL(
+            "SELECT src.{}, {}, src.{}::text FROM {} AS src WHERE {} ORDER BY src.{}"
+        ).format(key, _timestamp_expression(shape), ts, self._relation(), where, key)
+
+    def _rejects(
+        self, conn: psycopg.Connection, shape: _Shape, reasons: dict[int, str]
+    ) -> pd.DataFrame:
+        """The rows `reasons` names, read whole, as rejects of no partition."""
+        source = self.table or "BACKFILL_SOURCE_QUERY"
+        keys = sorted(reasons)
+        rejects: list[dict[str, object]] = []
+        where = sql.SQL("src.{} = ANY(%(keys)s)").format(sql.Identifier(shape.id_column))
+        for first in range(0, len(keys), REJECTS_PER_QUERY):
+            chunk = {"keys": keys[first : first + REJECTS_PER_QUERY]}
+            for page in self._pages(conn, self._select(shape, where), chunk):
+                for row in self._rows(shape, page):
+                    if shape.timestamp_kind != AWARE:  # a reject keeps the value as written
+                        row.staged["timestampUtc"] = row.written
+                    key = int(row.staged["source_row_id"])  # type: ignore[call-overload]
+                    rejects.append(_reject(row.staged, source, reasons[key]))
+        return pd.DataFrame(rejects, columns=REJECT_COLUMNS)
 
     def _unplaced_where(
         self, shape: _Shape, start: datetime, run_start: datetime
@@ -592,13 +616,12 @@ class _Unplaced:
     rejects: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECT_COLUMNS))
     strays: dict[str, list[int]] = field(default_factory=dict)
 
-    def note_stray(self, row: _Row) -> None:
-        assert row.utc is not None
-        day = row.utc.date()
-        text = str(row.staged["timestampUtc"] or "")
+    def note_stray(self, key: int, instant: datetime, written: str | None) -> None:
+        day = instant.date()
+        text = written or ""
         low, high = str(day - timedelta(days=1)), str(day + timedelta(days=2))
         if not low <= text < high:  # Python compares code points: the order of COLLATE "C"
-            self.strays.setdefault(day.isoformat(), []).append(int(row.staged["source_row_id"]))  # type: ignore[call-overload]
+            self.strays.setdefault(day.isoformat(), []).append(key)
 
 
 def _reject(row: dict[str, object], source: str, reason: str) -> dict[str, object]:
