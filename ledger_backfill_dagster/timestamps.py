@@ -66,3 +66,21 @@ def _out_of_range(text: str) -> str:
     except ValueError:
         return UNPARSEABLE
     return LATER_THAN_RUN_START if moment.year > 2000 else BEFORE_START_DATE
+
+
+# Every reason a row can have no UTC timestamp, as the contract and the extract stage word them.
+TIMESTAMP_REASONS = (EMPTY, UNPARSEABLE, NONEXISTENT_LOCAL, LATER_THAN_RUN_START, BEFORE_START_DATE)
+
+
+def unplaced_reasons(text: pd.Series, placed: pd.Series) -> pd.Series:
+    """Why each row a reader staged without a UTC timestamp has none, worded as `parse_utc`
+    words it (issue 20: a row meets the same reason from every source); NA where a timestamp
+    was placed. The reader already parsed `text` in SOURCE_TIMEZONE, so a text that reads as a
+    time in UTC and was still not placed is a local time the zone skips or repeats."""
+    reasons = pd.Series(pd.NA, index=text.index, dtype="string")
+    missing = placed.isna().to_numpy()
+    if not missing.any():
+        return reasons
+    _, in_utc = parse_utc(text[missing], "UTC")
+    reasons[missing] = in_utc.where(in_utc.notna(), NONEXISTENT_LOCAL).astype("string")
+    return reasons

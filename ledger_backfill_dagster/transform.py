@@ -29,6 +29,7 @@ from ledger_backfill_dagster.contract import (
 )
 from ledger_backfill_dagster.currencies import convert
 from ledger_backfill_dagster.row_identity import nth_occurrence_reference, source_row_keys
+from ledger_backfill_dagster.timestamps import unplaced_reasons
 from ledger_backfill_dagster.user_files import UserFileError, read_user_csv
 
 GENERATED_REFERENCE_PREFIX = "BACKFILL-"
@@ -111,6 +112,9 @@ def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
     out["timestamp_utc"] = pd.Series(staged["timestamp_utc"].array, index=out.index).astype(
         "datetime64[us, UTC]"
     )
+    # A reader that keeps a row without a timestamp in its day (API, SCB) leaves the contract
+    # to say why, in the words a CSV row gets for the same text (issue 20).
+    out["timestamp_problem"] = unplaced_reasons(staged["timestampUtc"], out["timestamp_utc"])
     fx = pd.Series(_trimmed(staged["fxRate"]).to_numpy(), dtype="string")
     out["fx_rate"] = fx.mask(fx == "")
 

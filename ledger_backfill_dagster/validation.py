@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from pandera.engines import pandas_engine
 
-from ledger_backfill_dagster.contract import LedgerEntrySource, as_contract_frame
+from ledger_backfill_dagster.contract import TIMESTAMP_RULES, LedgerEntrySource, as_contract_frame
 
 # Columns the posting stage needs; everything else was only there for the contract.
 POSTABLE_COLUMNS = [
@@ -102,8 +102,21 @@ def reasons_by_row(transformed: pd.DataFrame) -> dict[int, list[str]]:
     frame = as_contract_frame(transformed)
     check_schema(frame)
     names, matrix = rule_verdicts(frame)
+    _only_timestamp_reasons(names, matrix)
     bad_rows = np.flatnonzero(matrix.any(axis=0))
     return {int(row): [names[r] for r in np.flatnonzero(matrix[:, row])] for row in bad_rows}
+
+
+def _only_timestamp_reasons(names: list[str], matrix: np.ndarray) -> None:
+    """A row without a timestamp gets its timestamp reason alone, as a CSV row with that text
+    does (the extract stage judges nothing else of a row it cannot place): the same row, the
+    same reasons, whatever the source (issue 20)."""
+    rules = np.isin(names, TIMESTAMP_RULES)
+    if not rules.any():
+        return
+    unplaced = matrix[rules].any(axis=0)
+    if unplaced.any():
+        matrix[np.ix_(~rules, unplaced)] = False
 
 
 def split(transformed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

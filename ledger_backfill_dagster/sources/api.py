@@ -26,6 +26,7 @@ import json
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -36,7 +37,6 @@ from ledger_backfill_dagster.sources.http_client import (
     JsonHttpClient,
     MalformedPageError,
     RetrySettings,
-    dump_json,
 )
 from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS
 from ledger_backfill_dagster.sources.paged_staging import (
@@ -45,7 +45,16 @@ from ledger_backfill_dagster.sources.paged_staging import (
     canonical_row,
     staged_table,
 )
-from ledger_backfill_dagster.timestamps import parse_utc
+from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START, parse_utc
+
+# A well-shaped timestamp pandas cannot hold (years before 1677 or after 2262) is outside any
+# day window a page is asked for: a broken page, as any entry outside the window is.
+OUT_OF_RANGE = (LATER_THAN_RUN_START, BEFORE_START_DATE)
+# Places a JSON number is written out to in plain digits (PostgreSQL NUMERIC's largest scale).
+MAX_PLAIN_PLACES = 16_383
+# Part of the staging fingerprint: how values are staged (a read interrupted before issue 20,
+# which expanded JSON numbers, is started afresh instead of resumed).
+VALUE_READING = "JSON numbers as written (issue 20)"
 
 
 @dataclass
@@ -59,14 +68,44 @@ class Page:
 
 
 def field_text(value: object) -> str | None:
-    """A JSON value as the text a canonical field holds (numbers exactly as written)."""
+    """A JSON value as the text a canonical field holds: a string as given, a number as its
+    exact value in plain digits (`10.000`, `0.000000000000000001`), anything else as its JSON
+    text (`true`, an object). See `number_text` for numbers written with an exponent."""
     if value is None:
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return dump_json(value)
+    return json_text(value)
+
+
+def json_text(value: object) -> str:
+    """JSON text for what the page's parser gave: numbers as `number_text` writes them,
+    strings with non-ASCII escaped (an unpaired surrogate stays a `\\ud800` escape the
+    contract can name), and NaN or Infinity, which Python's parser lets through, written back
+    as the invalid JSON they were."""
+    if isinstance(value, Decimal):
+        return number_text(value)
+    if isinstance(value, dict):
+        members = (f"{json.dumps(str(k))}:{json_text(v)}" for k, v in value.items())
+        return "{" + ",".join(members) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(json_text(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def number_text(value: Decimal) -> str:
+    """A parsed JSON number as text, exactly its value (issue 20). Plain digits when it has no
+    positive exponent: `1500.00` stays `1500.00` (the contract judges it by value). A positive
+    exponent can only have been written (`1e3`, `1.5E+2`): kept, so the contract refuses it
+    as it refuses a CSV's `1e3`. A negative one cannot be told from plain digits once parsed
+    (`15e-1` is `1.5`) and is written out, up to NUMERIC's 16,383 places; past them it is kept
+    as an exponent too, so a hostile `1e-999999999` costs nothing to read."""
+    if not value.is_finite():
+        return json.dumps(float(value))
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and -MAX_PLAIN_PLACES <= exponent <= 0:
+        return format(value, "f")
+    return str(value)
 
 
 def utc_iso(moment: datetime) -> str:
@@ -181,23 +220,30 @@ class PagedHttpSource(SourceReader):
 
     def _rows(self, page: Page, window: tuple[datetime, datetime], seen: set[int]):  # type: ignore[no-untyped-def]
         stamps = pd.Series([fields.get("timestampUtc") for _, fields, _ in page.entries])
-        parsed, _ = parse_utc(stamps, self.source_timezone)
+        parsed, reasons = parse_utc(stamps, self.source_timezone)
         low, high = (pd.Timestamp(w) for w in window)
         rows = []
-        for (row_id, fields, extras), moment in zip(page.entries, parsed, strict=True):
+        for (row_id, fields, extras), moment, reason in zip(
+            page.entries, parsed, reasons, strict=True
+        ):
             if row_id in seen:
                 raise MalformedPageError(
                     page.label, f"entry id {row_id} was already served for this day"
                 )
             seen.add(row_id)
             stamp = None if pd.isna(moment) else moment
-            if stamp is not None and not (low <= stamp < high):
+            outside = reason in OUT_OF_RANGE or (stamp is not None and not low <= stamp < high)
+            if outside:
                 raise MalformedPageError(
                     page.label,
                     f"entry id {row_id}: timestampUtc {fields.get('timestampUtc')!r} is outside "
                     f"the requested window [{utc_iso(window[0])}, {utc_iso(window[1])})",
                 )
-            # An unreadable timestamp stays empty: the contract rejects the row, with its text.
+            # A timestamp that cannot be read (empty, not ISO 8601, a local time SOURCE_TIMEZONE
+            # skips or repeats) stays empty and the row stays in the day it was served in: the
+            # contract rejects it there with the reason a CSV row with that text gets (issue 20),
+            # and its raw values are kept. Rows stored without a partition are replaced by each
+            # run, and this reader only sees the run's days: another run would drop them.
             rows.append(
                 canonical_row(
                     row_id,
@@ -227,6 +273,7 @@ class ApiSource(PagedHttpSource):
             json.dumps(self.column_map, sort_keys=True),
             self.source_timezone,
             self.page_size,
+            VALUE_READING,
         ]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 

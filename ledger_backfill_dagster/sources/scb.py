@@ -32,6 +32,7 @@ from urllib.parse import quote, urlencode
 
 from ledger_backfill_dagster.settings import SettingsError
 from ledger_backfill_dagster.sources.api import (
+    VALUE_READING,
     Page,
     PagedHttpSource,
     entry_id,
@@ -93,7 +94,13 @@ class ScbSource(PagedHttpSource):
 
     def fingerprint(self) -> str:
         # The page size is part of it: page N only means the same rows at the same size.
-        parts = [self.where(), self.sovereign_bank_id, self.source_timezone, self.page_size]
+        parts = [
+            self.where(),
+            self.sovereign_bank_id,
+            self.source_timezone,
+            self.page_size,
+            VALUE_READING,
+        ]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
     def fetch_page(
