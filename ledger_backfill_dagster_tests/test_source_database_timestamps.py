@@ -12,6 +12,7 @@ green and the reconciliation RECONCILES; a re-run posts nothing new and keeps th
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -421,3 +422,36 @@ def test_a_million_text_timestamps_are_read_a_day_at_a_time(source_url, tmp_path
         assert same == 29_999
         figures[f"day window count, {label}"] = seconds
     print({k: round(v, 3) for k, v in figures.items()})
+
+
+def test_timestamptz_instants_are_kept_to_the_microsecond(source_url, tmp_path) -> None:
+    """A timestamptz column goes through the same parser, as its UTC instant: nothing moves,
+    whatever SOURCE_TIMEZONE; `infinity` and `-infinity` are rejects, never a failed read."""
+    rows = [
+        Row("Z-MICRO", "2024-03-31 02:30:00.123456+02", utc(2024, 3, 31, 0, 30, 0, 123456)),
+        Row("Z-LAST", "2024-03-31 23:59:59.999999Z", utc(2024, 3, 31, 23, 59, 59, 999999)),
+        Row("Z-FAR-EAST", "2024-04-01 09:00+14", utc(2024, 3, 31, 19)),
+        Row("Z-INFINITY", "infinity", reason=UNPARSEABLE),
+        Row("Z-MINUS-INFINITY", "-infinity", reason=UNPARSEABLE),
+        Row("Z-NULL", None, reason=EMPTY),
+    ]
+    load(source_url, "TIMESTAMPTZ", rows)
+    source = DatabaseSource(
+        url=source_url, table="legacy_ts", source_timezone="Europe/Berlin", page_size=2
+    )
+    result = source.extract(["2024-03-31"], tmp_path / "stage")
+    staged = pq.read_table(result.staged["2024-03-31"]).to_pylist()
+    assert {r["referenceId"]: r["timestamp_utc"] for r in staged} == {
+        r.ref: r.posted_at for r in rows if r.posted_at
+    }
+    # Staged as before issue 20: the instant in UTC.
+    assert {r["timestampUtc"] for r in staged} >= {"2024-03-31T00:30:00.123456+00:00"}
+    rejects = {
+        json.loads(raw)["referenceId"]: reasons
+        for raw, reasons in zip(
+            result.unpartitioned_rejects["raw_row"],
+            result.unpartitioned_rejects["reasons"],
+            strict=True,
+        )
+    }
+    assert rejects == {r.ref: [r.reason] for r in rows if r.reason}

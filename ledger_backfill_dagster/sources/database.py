@@ -1,8 +1,9 @@
 """The DATABASE Source Reader: a table or a query in another PostgreSQL database.
 
 Scenarios 1 and 2 of the seed, and its SQL script over `ledger_entries_legacy`. For each partition
-the reader asks only for that UTC day (`ts >= day AND ts < day + 1`, capped at the run's start)
-through a server-side cursor ordered by the integer key, and stages it page by page
+the reader asks only for the rows that can belong to that UTC day (`ts >= day AND ts < day + 1`
+for a timestamptz, a widened window otherwise; capped at the run's start) through a server-side
+cursor ordered by the integer key, and stages it page by page
 (`paged_staging`), so memory holds one page whatever the table's size. The key becomes the staged
 `source_row_id`, so the posting checkpoint's `last_processed_id` is the source's own id.
 
@@ -14,9 +15,9 @@ one query over the whole source each run, so they are never silently left behind
 Columns map onto the entry contract like a CSV header: the snake_case names of `ledger_entries`
 (the seed's legacy table), the canonical or legacy-export names, or a declared mapping
 (BACKFILL_SOURCE_COLUMN_MAP / COLUMN_MAP_FILE). Other columns are folded into the metadata.
-The timestamp column is a timestamptz, a naive timestamp or date, or text (issue 20). A timestamptz
-is an instant and is read as one. Every other kind is placed by the contract's own code, the one
-that reads CSV timestamps (`timestamps.parse_utc`), never by the database session's cast: a naive
+The timestamp column is a timestamptz, a naive timestamp or date, or text (issue 20). Every kind
+is placed by the contract's own code, the one that reads CSV timestamps (`timestamps.parse_utc`;
+a timestamptz as its UTC instant, exactly), never by the database session's cast: a naive
 value is local time in SOURCE_TIMEZONE (a date is local midnight), so a local time skipped or
 repeated by a DST change is a reject with the contract's reason, and a malformed text value is a
 reject of that row alone. Such a column is read in a widened window (see `_day_window`) and each
@@ -70,7 +71,7 @@ from ledger_backfill_dagster.sources.paged_staging import (
     canonical_row,
     staged_table,
 )
-from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, EMPTY, parse_utc
+from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,6 @@ EXACT_CASTS = {"amount": "numeric(20,2)", "amountMinor": "bigint", "fxRate": "nu
 # again (days staged before issue 19 hold money columns in their locale text).
 VALUE_READING = "text; money as numeric (issue 19); timestamps by the contract (issue 20)"
 NO_PARTITION_REASON = BEFORE_START_DATE
-EMPTY_TIMESTAMP_REASON = EMPTY
 CURSOR_NAME = "ledger_backfill_source"
 
 
@@ -477,9 +477,7 @@ class DatabaseSource(SourceReader):
     def _instants(
         self, shape: _Shape, stamps: list[object]
     ) -> tuple[list[datetime | None], list[str | None]]:
-        if shape.timestamp_kind == AWARE:  # psycopg's aware datetimes: instants already
-            utc = [s.astimezone(UTC) if isinstance(s, datetime) else None for s in stamps]
-            return utc, [None if u else EMPTY_TIMESTAMP_REASON for u in utc]
+        """Every kind through the contract's parser (a timestamptz as UTC text with `Z`)."""
         parsed, reasons = parse_utc(pd.Series(stamps, dtype=object), self.source_timezone)
         instants = [None if pd.isna(p) else p.to_pydatetime() for p in parsed]
         return instants, [None if pd.isna(r) else str(r) for r in reasons]
@@ -540,7 +538,9 @@ class DatabaseSource(SourceReader):
         """The whole-source query's condition: every row no day can hold, and a few that can."""
         ts = sql.Identifier(shape.timestamp_column)
         if shape.timestamp_kind == AWARE:
-            where = sql.SQL("src.{} IS NULL OR src.{} < %(start)s").format(ts, ts)
+            where = sql.SQL("src.{} IS NULL OR src.{} < %(start)s OR src.{} = 'infinity'").format(
+                ts, ts, ts
+            )
             return where, {"start": start}
         gaps = _local_transitions(
             self.source_timezone, start - timedelta(days=1), run_start + timedelta(days=1)
@@ -639,19 +639,23 @@ def _reject(row: dict[str, object], source: str, reason: str) -> dict[str, objec
 
 
 def _timestamp_expression(shape: _Shape) -> sql.Composable:
-    """The timestamp as the reader parses it. A timestamptz as an instant; a naive timestamp or
-    date as ISO text (to_char: the same whatever the session's DateStyle; 'infinity' as
-    itself, which the contract refuses); text as it is."""
+    """The timestamp as text for the contract's parser: a timestamptz as its UTC instant with
+    `Z`; a naive timestamp or date as ISO local time (to_char: the same whatever the session's
+    DateStyle; `infinity` as itself, which the contract refuses); text as it is."""
     ts = sql.Identifier(shape.timestamp_column)
-    if shape.timestamp_kind == AWARE:
-        return sql.SQL("src.{}::timestamptz AS __ts").format(ts)
     if shape.timestamp_kind == TEXT:
         return sql.SQL("src.{}::text AS __ts").format(ts)
-    pattern = "YYYY-MM-DD" if shape.timestamp_is_date else 'YYYY-MM-DD"T"HH24:MI:SS.US'
+    value = sql.SQL("src.{}").format(ts)
+    pattern = 'YYYY-MM-DD"T"HH24:MI:SS.US'
+    if shape.timestamp_kind == AWARE:
+        value = sql.SQL("(src.{} AT TIME ZONE 'UTC')").format(ts)
+        pattern += '"Z"'
+    elif shape.timestamp_is_date:
+        pattern = "YYYY-MM-DD"
     return sql.SQL(
-        "CASE WHEN isfinite(src.{ts}) THEN to_char(src.{ts}, {pattern}) ELSE src.{ts}::text END"
+        "CASE WHEN isfinite(src.{ts}) THEN to_char({value}, {pattern}) ELSE src.{ts}::text END"
         " AS __ts"
-    ).format(ts=ts, pattern=sql.Literal(pattern))
+    ).format(ts=ts, value=value, pattern=sql.Literal(pattern))
 
 
 def _timestamp_field(shape: _Shape, value: object, instant: datetime | None) -> str | None:
