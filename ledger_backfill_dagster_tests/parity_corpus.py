@@ -85,6 +85,12 @@ SCB_SEQUENCE = (
 JSON_TEXT_ONLY = "JSON text cannot carry bytes that are not UTF-8"
 
 
+# Over 1 MiB of UTF-8 on several lines: JSON written with one member a line.
+LONG_METADATA = json.dumps(
+    {"note": "é" * 600_000, "lines": "a\nb", "emoji": "😀"}, ensure_ascii=False, indent=1
+)
+
+
 @dataclass(frozen=True)
 class Config:
     """SOURCE_TIMEZONE and the run's days: one backfill per source type."""
@@ -441,8 +447,8 @@ def _cases() -> list[Case]:
             ),
             Case(
                 "long multi-line metadata",
-                "metadata of any length and lines",
-                {"metadata": json.dumps({"note": "é\n" * 3000, "emoji": "😀"}, ensure_ascii=False)},
+                "metadata of any length and lines (past the CSV fast path's 1 MiB line)",
+                {"metadata": LONG_METADATA},
             ),
             Case(
                 "SQL in text",

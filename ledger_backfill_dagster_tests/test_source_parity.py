@@ -27,14 +27,19 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
 from ledger_backfill_dagster import exact_json
 from ledger_backfill_dagster.contract import LedgerEntrySource
-from ledger_backfill_dagster.sources.api import json_text
+from ledger_backfill_dagster.sources.api import ApiSource, json_text
+from ledger_backfill_dagster.sources.http_client import MalformedPageError
 from ledger_backfill_dagster.sources.scb import SCB_FIELDS
+from ledger_backfill_dagster.stages import staged_frame
 from ledger_backfill_dagster.timestamps import TIMESTAMP_REASONS, parse_utc
+from ledger_backfill_dagster.transform import TransformRules, transform
+from ledger_backfill_dagster.validation import split
 from ledger_backfill_dagster_tests import parity_corpus as pc
 from ledger_backfill_dagster_tests.conftest import _url_for
 from ledger_backfill_dagster_tests.hardening_support import write_accounts
@@ -585,3 +590,44 @@ def test_what_a_source_cannot_express_is_declared_with_a_reason() -> None:
     table = Counter(source for case in cases for source in case.not_expressible)
     print("\ncases each source cannot express:", dict(sorted(table.items())))
     assert table[pc.DB_TEXT] < table[pc.DB_TYPED]  # text columns carry more than typed ones
+
+
+def test_an_unpaired_surrogate_is_a_reject_in_an_extra_key_and_a_named_broken_page_in_a_field(
+    tmp_path: Path,
+) -> None:
+    """JSON may escape half a UTF-16 pair, which no text column holds (a CSV cannot carry it at
+    all: those bytes are not UTF-8). In an extra key the row is one reject with the metadata's
+    reason; in a text field the page is refused naming entry and field, never a crash."""
+    row = {
+        "debitAccountId": "U1",
+        "creditAccountId": "U2",
+        "amount": "1.00",
+        "currencyCode": "USD",
+        "transactionType": "PAYMENT",
+    }
+    with ParityServer(token=TOKEN) as server:
+        server.api_entries["2024-03-30"] = [
+            {"id": 1, **row, "referenceId": "S-1", "timestampUtc": "2024-03-30T10:00:00Z"},
+            {"id": 2, **row, "referenceId": "S-2", "timestampUtc": "2024-03-30T11:00:00Z"}
+            | {"note": "a\ud800b"},
+        ]
+        server.api_entries["2024-03-31"] = [
+            {"id": 3, **row, "referenceId": "S-3", "timestampUtc": "2024-03-31T10:00:00Z"}
+            | {"transactionType": "PAY\udc00"},
+        ]
+        source = ApiSource(base_url=server.url, token=TOKEN, max_retries=0, retry_delay_ms=10)
+        staged = source.extract(["2024-03-30"], tmp_path / "stage").staged["2024-03-30"]
+        frame = staged_frame(pq.read_table(staged).sort_by("source_row_id"))
+        rules = TransformRules(account_currencies={"U1": "USD", "U2": "USD"})
+        valid, rejects = split(transform(frame, rules))
+        assert list(valid["reference_id"]) == ["S-1"]
+        assert rejects.to_dict("records") == [
+            {
+                "source_row_id": 2,
+                "reasons": [
+                    "metadata: holds text JSONB cannot store (an unpaired UTF-16 surrogate escape)"
+                ],
+            }
+        ]
+        with pytest.raises(MalformedPageError, match="entry id 3: 'transactionType' holds an"):
+            source.extract(["2024-03-31"], tmp_path / "stage")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -119,6 +120,23 @@ def entry_id(entry: dict, key: str, page: str, position: int) -> int:
             page, f"entry {position}: {key!r} must be a non-negative integer, got {value!r}"
         )
     return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_surrogates(label: str, row_id: int, fields: dict[str, str | None]) -> None:
+    """A JSON string may escape half of a UTF-16 pair (`"\\ud800"`); no text column can hold
+    it, nor can the staged (UTF-8) frame. In a text field it is a broken page, named with its
+    entry and field (the CSV equivalent, bytes that are not UTF-8, is a malformed line). In
+    metadata or an extra key it stays an escape and the contract rejects the row."""
+    for name, value in fields.items():
+        if value is not None and _SURROGATE.search(value):
+            raise MalformedPageError(
+                label,
+                f"entry id {row_id}: {name!r} holds an unpaired UTF-16 surrogate, which no "
+                "text can store",
+            )
 
 
 @dataclass
@@ -244,16 +262,19 @@ class PagedHttpSource(SourceReader):
             # contract rejects it there with the reason a CSV row with that text gets (issue 20),
             # and its raw values are kept. Rows stored without a partition are replaced by each
             # run, and this reader only sees the run's days: another run would drop them.
-            rows.append(
-                canonical_row(
-                    row_id,
-                    page.label,
-                    row_id,
-                    fields,
-                    extras or None,
-                    stamp.to_pydatetime() if stamp is not None else None,
-                )
+            _refuse_surrogates(page.label, row_id, fields)
+            row = canonical_row(
+                row_id,
+                page.label,
+                row_id,
+                fields,
+                None,
+                stamp.to_pydatetime() if stamp is not None else None,
             )
+            # Extra keys as exact JSON with non-ASCII escaped: an unpaired surrogate in one
+            # stays an escape, and the contract rejects the row as it does such metadata.
+            row["extra_columns"] = json_text(extras) if extras else None
+            rows.append(row)
         return rows
 
 
