@@ -20,7 +20,7 @@ is placed by the contract's own code, the one that reads CSV timestamps (`timest
 a timestamptz as its UTC instant, exactly), never by the database session's cast: a naive
 value is local time in SOURCE_TIMEZONE (a date is local midnight), so a local time skipped or
 repeated by a DST change is a reject with the contract's reason, and a malformed text value is a
-reject of that row alone. Such a column is read in a widened window (see `_day_window`) and each
+reject of that row alone. Such a column is read in a widened window (see `_day_where`) and each
 row is kept only in the UTC day the contract places it in, so a row two windows read is staged
 once. Rows no day can hold are found by one query over the whole source each run
 (`_unpartitioned`) and are rejects of no partition, as in a CSV scan. The database URL is a
@@ -77,11 +77,11 @@ log = logging.getLogger(__name__)
 
 # PostgreSQL type OIDs the reader accepts for the key and the timestamp.
 INTEGER_TYPES = {20: "bigint", 21: "smallint", 23: "integer"}
-TIME_TYPES = {1184: "timestamptz", 1114: "timestamp", 1082: "date"}
-TEXT_TYPES = {25: "text", 1043: "varchar", 1042: "char"}
-# How the timestamp column is read: an instant; a naive timestamp or date; text.
+# How a timestamp column is read, by type: an instant (timestamptz); local time (timestamp,
+# date); text (text, varchar, char).
 AWARE, NAIVE, TEXT = "aware", "naive", "text"
-TIMESTAMP_KINDS = {1184: AWARE, 1114: NAIVE, 1082: NAIVE, 25: TEXT, 1043: TEXT, 1042: TEXT}
+DATE_TYPE = 1082
+TIMESTAMP_KINDS = {1184: AWARE, 1114: NAIVE, DATE_TYPE: NAIVE, 25: TEXT, 1043: TEXT, 1042: TEXT}
 # Slack added to the widest offsets the zone has around a day: its tz data (Python's) and the
 # one pandas localizes with may differ by a rule change; an hour more costs a few rows per day.
 WINDOW_MARGIN = timedelta(hours=1)
@@ -251,7 +251,7 @@ class DatabaseSource(SourceReader):
             layout,
             money,
             TIMESTAMP_KINDS[types[timestamp]],
-            types[timestamp] == 1082,
+            types[timestamp] == DATE_TYPE,
         )
 
     def _select(self, shape: _Shape, where: sql.Composable) -> sql.Composed:
@@ -450,7 +450,7 @@ class DatabaseSource(SourceReader):
 
     def _rows(self, shape: _Shape, page: list[tuple]) -> list[_Row]:
         """Each record of a page as a staged row, with its UTC instant or the contract's reason
-        why it has none. Naive and text timestamps go through `parse_utc`, as CSV's do."""
+        why it has none. Every timestamp goes through `parse_utc`, as a CSV's does."""
         utc, reasons = self._instants(shape, [record[1] for record in page])
         mapped = shape.layout.fields_by_column
         columns = shape.value_columns
