@@ -250,6 +250,13 @@ def _cases() -> list[Case]:
             ),
             Case("amount exponent", AMOUNT_FORMAT, {"amount": "1e3"}, (AMOUNT_FORMAT,), numeric),
             Case(
+                "amount negative exponent",
+                AMOUNT_FORMAT,
+                {"amount": "15e-1"},
+                (AMOUNT_FORMAT,),
+                numeric,
+            ),
+            Case(
                 "amount thousands comma",
                 AMOUNT_FORMAT,
                 {"amount": "1,000.00"},

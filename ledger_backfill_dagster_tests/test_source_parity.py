@@ -34,7 +34,7 @@ from psycopg import sql
 from ledger_backfill_dagster import exact_json
 from ledger_backfill_dagster.contract import LedgerEntrySource
 from ledger_backfill_dagster.sources.api import ApiSource, json_text
-from ledger_backfill_dagster.sources.http_client import MalformedPageError
+from ledger_backfill_dagster.sources.http_client import MalformedPageError, WrittenNumber
 from ledger_backfill_dagster.sources.scb import SCB_FIELDS
 from ledger_backfill_dagster.stages import staged_frame
 from ledger_backfill_dagster.timestamps import TIMESTAMP_REASONS, parse_utc
@@ -219,7 +219,7 @@ def _json_value(name: str, text: str, numbers: bool, objects: bool) -> object:
             return text
         return _wire(document) if isinstance(document, dict) else text
     if numbers and name in NUMBER_FIELDS and JSON_NUMBER.fullmatch(text):
-        return Decimal(text)
+        return WrittenNumber(text)  # the page carries the number as the text wrote it
     return text
 
 

@@ -95,12 +95,13 @@ def json_text(value: object) -> str:
 
 
 def number_text(value: Decimal) -> str:
-    """A parsed JSON number as text, exactly its value (issue 20). Plain digits when it has no
-    positive exponent: `1500.00` stays `1500.00` (the contract judges it by value). A positive
-    exponent can only have been written (`1e3`, `1.5E+2`): kept, so the contract refuses it
-    as it refuses a CSV's `1e3`. A negative one cannot be told from plain digits once parsed
-    (`15e-1` is `1.5`) and is written out, up to NUMERIC's 16,383 places; past them it is kept
-    as an exponent too, so a hostile `1e-999999999` costs nothing to read."""
+    """A parsed JSON number as text: as it was written when the parser kept that
+    (`http_client.WrittenNumber`: `1500.00`, `15e-1`, `1e3`), so the contract judges it exactly
+    as it judges the same text in a CSV (an exponent is refused in both). Otherwise its exact
+    value, in plain digits when it has no positive exponent, up to NUMERIC's 16,383 places."""
+    written = getattr(value, "written", None)
+    if written is not None:
+        return written
     if not value.is_finite():
         return json.dumps(float(value))
     exponent = value.as_tuple().exponent

@@ -94,9 +94,22 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
     return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
+class WrittenNumber(Decimal):
+    """A JSON number as an exact Decimal that remembers the text it was written as (`15e-1`,
+    `1500.00`): a source field then reaches the contract spelled as the source spelled it, as a
+    CSV cell does, so both meet the same rule (issue 20)."""
+
+    __slots__ = ("written",)
+
+    def __new__(cls, text: str) -> WrittenNumber:
+        number = super().__new__(cls, text)
+        number.written = text
+        return number
+
+
 def decimal_json(content: bytes) -> object:
-    """Parse JSON with every non-integer number as an exact Decimal."""
-    return json.loads(content, parse_float=Decimal)
+    """Parse JSON with every non-integer number as an exact Decimal (a `WrittenNumber`)."""
+    return json.loads(content, parse_float=WrittenNumber)
 
 
 def dump_json(value: object) -> str:
