@@ -501,3 +501,46 @@ def test_the_day_window_is_a_range_of_the_column_index(
     assert pq.read_table(result.staged[day], columns=["referenceId"]).column(0).to_pylist() == [
         "W-1"
     ]
+
+
+def test_a_changed_source_timezone_never_posts_a_naive_row_again(
+    source_env, source_url, database_url, tmp_path, monkeypatch
+) -> None:
+    """SOURCE_TIMEZONE set wrong, then corrected: the rows' instants move (here across UTC
+    midnight, to another partition), but each is the same source row. Staged as its local time,
+    its identity does not change: the new instant is held as a conflict of that very row, never
+    posted as another (a row without a reference would otherwise post twice: issue 13's rule,
+    for a table)."""
+    load(
+        source_url,
+        "timestamp",
+        [
+            Row("R-1", "2024-03-31 00:30"),
+            Row("", "2024-03-31 00:45"),
+            Row("R-3", "2024-03-31 12:00"),
+        ],
+    )
+    monkeypatch.setenv("SOURCE_TIMEZONE", "UTC")
+    assert materialize_range("2024-03-30", "2024-03-31").success
+    with psycopg.connect(database_url) as conn:
+        before = ledger_snapshot(conn)
+        assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 3
+
+    monkeypatch.setenv("SOURCE_TIMEZONE", "Europe/Berlin")  # 00:30 CET is 23:30Z the day before
+    assert materialize_range("2024-03-30", "2024-03-31").success  # held rows reconcile
+    with psycopg.connect(database_url) as conn:
+        assert_ledger_invariants(conn)
+        after = ledger_snapshot(conn)
+        assert after["entries"] == before["entries"], "a source row was posted again"
+        assert (after["balances"], after["outbox"]) == (before["balances"], before["outbox"])
+        held = conn.execute(
+            "SELECT count(*) FROM ledger_backfill_conflicts WHERE same_source_row"
+        ).fetchone()[0]
+        assert held == 3  # every instant moved by an hour: each row held against its own entry
+        assert conn.execute("SELECT count(*) FROM ledger_backfill_duplicates").fetchone()[0] == 0
+
+    monkeypatch.setenv("SOURCE_TIMEZONE", "UTC")  # corrected back: nothing held any more
+    assert materialize_range("2024-03-30", "2024-03-31").success
+    with psycopg.connect(database_url) as conn:
+        assert ledger_snapshot(conn) == before
+        assert conn.execute("SELECT count(*) FROM ledger_backfill_conflicts").fetchone()[0] == 0

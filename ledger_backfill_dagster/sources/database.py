@@ -108,7 +108,10 @@ EXACT_FIELDS = ("amount", "amountMinor", "fxRate")
 EXACT_CASTS = {"amount": "numeric(20,2)", "amountMinor": "bigint", "fxRate": "numeric(20,10)"}
 # Part of the staging fingerprint: a change in how values are read makes completed days be read
 # again (days staged before issue 19 hold money columns in their locale text).
-VALUE_READING = "text; money as numeric (issue 19); timestamps by the contract (issue 20)"
+VALUE_READING = (
+    "text; money as numeric (issue 19); timestamps by the contract, naive ones staged as local "
+    "time (issue 20)"
+)
 NO_PARTITION_REASON = BEFORE_START_DATE
 CURSOR_NAME = "ledger_backfill_source"
 
@@ -469,7 +472,7 @@ class DatabaseSource(SourceReader):
                         extras[column] = value
                 elif target != "timestampUtc":
                     fields[target] = value
-            fields["timestampUtc"] = _timestamp_field(shape, written, instant)
+            fields["timestampUtc"] = _timestamp_field(shape, written, record[1], instant)
             staged = canonical_row(key, source, key, fields, extras or None, instant)
             rows.append(_Row(staged, instant, reason, written))
         return rows
@@ -658,12 +661,18 @@ def _timestamp_expression(shape: _Shape) -> sql.Composable:
     ).format(ts=ts, value=value, pattern=sql.Literal(pattern))
 
 
-def _timestamp_field(shape: _Shape, value: object, instant: datetime | None) -> str | None:
-    """The staged `timestampUtc`: text as written (as a CSV stages it); otherwise the instant
-    in UTC, as staged before issue 20 (so a row's identity does not change), or the value
-    as PostgreSQL prints it when the contract could not place it."""
+def _timestamp_field(
+    shape: _Shape, written: object, parsed_text: object, instant: datetime | None
+) -> str | None:
+    """The staged `timestampUtc`, which a row's identity takes as written (`row_identity`):
+    text as written, as a CSV stages it; a naive timestamp or date as its local time in ISO
+    (`_timestamp_expression`), so that changing SOURCE_TIMEZONE leaves the row the same source
+    row (its new instant is then held as a conflict, never posted as another row); a timestamptz
+    as its UTC instant; the value as PostgreSQL prints it when the contract could not place it."""
     if shape.timestamp_kind == TEXT or instant is None:
-        return None if value is None else str(value)
+        return None if written is None else str(written)
+    if shape.timestamp_kind == NAIVE:
+        return str(parsed_text)
     return instant.isoformat()
 
 
