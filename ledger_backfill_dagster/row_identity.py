@@ -164,6 +164,8 @@ def _minor_only_amounts(staged: pd.DataFrame, rows: np.ndarray) -> dict[int, str
     (minor units that state no amount are kept as written, marked apart from any decimal)."""
     if "amountMinor" not in staged.columns or not len(rows):
         return {}
+    if not staged["amountMinor"].notna().any():
+        return {}
     minor = pd.Series(_text(staged["amountMinor"])[rows], dtype="string").str.strip()
     amount = pd.Series(_text(staged["amount"])[rows], dtype="string").str.strip()
     only_minor = ((amount == "") & (minor != "")).to_numpy()

@@ -158,10 +158,14 @@ def _amounts(staged: pd.DataFrame, currency: pd.Series) -> tuple[pd.Series, pd.S
     `1500`; a value finer than the minor unit stays as given for the contract to refuse. A row
     without an amount takes amountMinor's value (NA if it has none: its rules say why)."""
     given = pd.Series(_trimmed(staged["amount"]).to_numpy(), dtype="string")
-    minor = pd.Series(_trimmed(optional_field(staged, "amountMinor")).to_numpy(), dtype="string")
+    amount = normalized(given, currency)
+    raw_minor = optional_field(staged, "amountMinor")
+    if not raw_minor.notna().any():  # most sources: no minor units at all
+        absent = pd.Series(pd.NA, index=amount.index, dtype="string")
+        return amount, absent, absent.copy()
+    minor = pd.Series(_trimmed(raw_minor).to_numpy(), dtype="string")
     minor = minor.mask(minor == "")
     minor_value = from_minor_units(minor, currency)
-    amount = normalized(given, currency)
     from_minor = _flag((given == "") & minor.notna()).to_numpy()
     if from_minor.any():
         amount = amount.mask(from_minor, minor_value)

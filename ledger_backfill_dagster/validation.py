@@ -45,15 +45,26 @@ class ContractError(ValueError):
     pipeline, not in the data, so no row of it can be judged, and none may be posted."""
 
 
-def _passed(result: object, index: pd.Index) -> np.ndarray:
+def _passed(output: object, index: pd.Index) -> np.ndarray:
     """A check's verdict for every row (rows a check skipped as missing pass it, as in Pandera:
     missing values are judged by the nullability rule)."""
-    output = result.check_output
     if not isinstance(output, pd.Series):
         return np.full(len(index), bool(output))
     if not output.index.equals(index):
         output = output.reindex(index, fill_value=True)
     return output.fillna(False).astype(bool).to_numpy()
+
+
+def _frame_check_passed(check: object, frame: pd.DataFrame) -> np.ndarray:
+    """A dataframe-wide check's verdict for every row. Its function is called as Pandera's
+    backend calls it (`apply_table`), and a row passes where Pandera passes it (Pandera also
+    passes a row whose every column is missing: never one of ours, `source_row_id` is never
+    missing). Pandera's post-processing, which collects failure cases we never read, cost ~30 ms
+    per check on 300,000 rows, a third of the validation; `test_transform` holds the verdicts
+    equal to Pandera's own `validate(lazy=True)`."""
+    if check.groupby is not None or check.element_wise:
+        return _passed(check(frame).check_output, frame.index)
+    return _passed(check._check_fn(frame, **check._check_kwargs), frame.index)
 
 
 def rule_verdicts(frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
@@ -68,10 +79,10 @@ def rule_verdicts(frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
             failed.append(values.isna().to_numpy())
         for check in column.checks:
             names.append(check.name)
-            failed.append(~_passed(check(values), frame.index))
+            failed.append(~_passed(check(values).check_output, frame.index))
     for check in schema.checks:
         names.append(check.name)
-        failed.append(~_passed(check(frame), frame.index))
+        failed.append(~_frame_check_passed(check, frame))
     matrix = np.vstack(failed) if failed else np.zeros((0, len(frame)), dtype=bool)
     return names, matrix
 
