@@ -219,6 +219,13 @@ class LedgerEntrySource(pa.DataFrameModel):
     def amount_given(cls, df: pd.DataFrame) -> pd.Series:
         return df["amount"].notna() | df["amount_minor"].notna()
 
+    @pa.dataframe_check(
+        name=f"amountMinor: more than {MAX_INTEGER_DIGITS} digits before the point in major units"
+    )
+    def amount_minor_not_huge(cls, df: pd.DataFrame) -> pd.Series:
+        value = df["amount_minor_value"]
+        return value.isna() | _flag(integer_digits(value) <= MAX_INTEGER_DIGITS)
+
     @pa.dataframe_check(name="amountMinor: the currency has no minor unit in ISO 4217")
     def amount_minor_has_unit(cls, df: pd.DataFrame) -> pd.Series:
         return df["amount_minor"].isna() | ~has_no_minor_unit(df["currency_code"])

@@ -24,16 +24,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal
 
 import numpy as np
 import pandas as pd
 
-from ledger_backfill_dagster.amounts import from_minor_units
+from ledger_backfill_dagster.amounts import PLAIN_DECIMAL, from_minor_units
 
 # An ISO 8601 text that states its own offset (Z, ±hh, ±hhmm, ±hh:mm) names an instant; any
 # other is a local time whose instant depends on SOURCE_TIMEZONE.
 _HAS_OFFSET = re.compile(r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)$")
+_PLAIN_DECIMAL = re.compile(PLAIN_DECIMAL)
 _DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
@@ -42,16 +43,12 @@ def _text(values: pd.Series) -> np.ndarray:
 
 
 def _value(text: str) -> str:
-    """A decimal by value (`10.50` → `10.5`); anything else as written."""
-    if not text:
-        return ""
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
+    """A plain decimal by value (`10.50` → `10.5`); anything else as written (an exponent is
+    never expanded: `1e999999999` would be a billion digits)."""
+    if not _PLAIN_DECIMAL.fullmatch(text):
         return text
-    if not number.is_finite():
-        return text
-    return format(number.normalize(), "f")
+    # As wide as the text: the default 28 digits would round two values apart into one key.
+    return format(Decimal(text).normalize(Context(prec=max(28, len(text)))), "f")
 
 
 def _json_key(text: str) -> str:

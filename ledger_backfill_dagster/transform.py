@@ -13,14 +13,20 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 import numpy as np
 import pandas as pd
 
 from ledger_backfill_dagster import exact_json
-from ledger_backfill_dagster.amounts import PLAIN_DECIMAL, from_minor_units, normalized
+from ledger_backfill_dagster.amounts import (
+    PLAIN_DECIMAL,
+    from_minor_units,
+    integer_digits,
+    normalized,
+)
 from ledger_backfill_dagster.contract import (
+    MAX_INTEGER_DIGITS,
     METADATA_NOT_JSON,
     METADATA_NUL,
     METADATA_NUMBER_RANGE,
@@ -168,7 +174,9 @@ def _amounts(staged: pd.DataFrame, currency: pd.Series) -> tuple[pd.Series, pd.S
     minor_value = from_minor_units(minor, currency)
     from_minor = _flag((given == "") & minor.notna()).to_numpy()
     if from_minor.any():
-        amount = amount.mask(from_minor, minor_value)
+        # Too large a value is amountMinor's to refuse, by its own name: the row gave no amount.
+        fits = (integer_digits(minor_value) <= MAX_INTEGER_DIGITS).to_numpy()
+        amount = amount.mask(from_minor, minor_value.where(fits))
     return amount, minor, minor_value
 
 
@@ -423,10 +431,14 @@ def generated_reference(row: object) -> str:
 def _canonical_decimal(value: object) -> object:
     if value is pd.NA or value is None:
         return None
-    try:
-        return format(Decimal(str(value)).normalize(), "f")
-    except InvalidOperation:
-        return str(value)
+    text = str(value)
+    if not re.fullmatch(PLAIN_DECIMAL, text.strip()):
+        # Not an amount the contract admits (the row is rejected): kept as written, never
+        # expanded (`1e999999999` written out would be a billion digits).
+        return text
+    # In a context as wide as the text: the default 28 digits would round two XAU amounts
+    # that differ in their 29th digit to one id.
+    return format(Decimal(text).normalize(Context(prec=max(28, len(text)))), "f")
 
 
 def _canonical_json(value: object) -> object:

@@ -126,6 +126,7 @@ AMOUNT_HUGE = "amount: more than 24 digits before the point"
 AMOUNT_PLACES = "amount: more fractional digits than the currency's minor units"
 MINOR_FORMAT = "amountMinor: not a whole number greater than zero"
 MINOR_NO_UNIT = "amountMinor: the currency has no minor unit in ISO 4217"
+MINOR_HUGE = "amountMinor: more than 24 digits before the point in major units"
 MINOR_DIFFERS = "amount and amountMinor: state different values"
 CURRENCY_UNKNOWN = "currencyCode: not an ISO 4217 currency"
 CURRENCY_NOT_DEBIT = "currencyCode: differs from the debit account's currency"
@@ -324,6 +325,12 @@ def _cases() -> list[Case]:
                 {"amount": "", "amountMinor": "1e3"},
                 (MINOR_FORMAT,),
                 numeric,
+            ),
+            Case(
+                "amountMinor huge",
+                MINOR_HUGE,
+                {"amount": "", "amountMinor": "1" + "0" * 30},
+                (MINOR_HUGE,),
             ),
             Case(
                 "amountMinor XAU",

@@ -394,3 +394,9 @@ def test_normalized_equals_a_decimal_oracle_on_any_text(values: list[tuple[str, 
     texts = pd.Series([t for t, _ in values], dtype="string[pyarrow]")
     codes = pd.Series([c for _, c in values], dtype="string[pyarrow]")
     assert list(amounts.normalized(texts, codes)) == [_oracle(t, c) for t, c in values]
+
+
+def test_amount_minor_too_large_is_rejected_by_its_own_name() -> None:
+    huge = "amountMinor: more than 24 digits before the point in major units"
+    assert _judge(("USD", None, "1" + "0" * 30)) == [(None, [huge])]
+    assert _judge(("USD", None, "9" * 26)) == [("9" * 24 + ".99", [])]  # the largest that fits

@@ -617,3 +617,53 @@ def test_float_columns_feeding_amounts_are_refused_before_any_row_is_read(
         wired.extract(["2024-01-01"], tmp_path / "stage")
     assert message in str(refused.value)
     assert list((tmp_path / "stage").rglob("*.parquet")) == []
+
+
+@pytest.mark.parametrize(
+    ("value_columns", "values", "column_map", "amount", "minor"),
+    [
+        # The docs' example: a map naming one column renames it in the snake_case layout.
+        (
+            "amount NUMERIC, cents BIGINT",
+            "1.51, 150",
+            {"cents": "amountMinor"},
+            "1.51",
+            "150",
+        ),
+        ("cents BIGINT", "150", {"cents": "amountMinor"}, None, "150"),
+        ('"amountMinor" BIGINT', "150", None, None, "150"),
+    ],
+    ids=["beside-amount", "alone", "camel-case-column"],
+)
+def test_a_partial_column_map_renames_its_columns_never_folds_them_into_metadata(
+    value_columns: str,
+    values: str,
+    column_map: dict[str, str] | None,
+    amount: str | None,
+    minor: str,
+    source_url: str,
+    tmp_path: Path,
+) -> None:
+    small_source(source_url, value_columns, values)
+    source = DatabaseSource(url=source_url, table="t", column_map=column_map)
+    result = source.extract(["2024-01-01"], tmp_path)
+    row = pq.read_table(result.staged["2024-01-01"]).to_pylist()[0]
+    assert (row["amount"], row["amountMinor"], row["extra_columns"]) == (amount, minor, None)
+
+
+def test_the_timestamp_column_setting_stands_in_for_a_column_no_layout_names(
+    source_url: str, tmp_path: Path
+) -> None:
+    """BACKFILL_SOURCE_TIMESTAMP_COLUMN=created_at on a table whose timestamp column has no
+    layout's name: the setting says which column it is (it used to fail: no known layout)."""
+    with psycopg.connect(source_url) as conn:
+        conn.execute(
+            "CREATE TABLE legacy (id BIGINT PRIMARY KEY, debit_account_id TEXT,"
+            " credit_account_id TEXT, amount NUMERIC, currency_code TEXT, created_at TIMESTAMPTZ)"
+        )
+        conn.execute("INSERT INTO legacy VALUES (1, 'A', 'B', 1.5, 'USD', '2024-01-01T10:00Z')")
+    source = DatabaseSource(url=source_url, table="legacy", timestamp_column="created_at")
+    result = source.extract(["2024-01-01"], tmp_path)
+    row = pq.read_table(result.staged["2024-01-01"]).to_pylist()[0]
+    assert row["timestampUtc"] == "2024-01-01T10:00:00+00:00"
+    assert row["extra_columns"] is None

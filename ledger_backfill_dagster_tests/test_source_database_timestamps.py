@@ -30,6 +30,7 @@ from ledger_backfill_dagster.sources.database import DatabaseSource
 from ledger_backfill_dagster.timestamps import (
     BEFORE_START_DATE,
     EMPTY,
+    LATER_THAN_RUN_START,
     NONEXISTENT_LOCAL,
     UNPARSEABLE,
 )
@@ -544,3 +545,29 @@ def test_a_changed_source_timezone_never_posts_a_naive_row_again(
     with psycopg.connect(database_url) as conn:
         assert ledger_snapshot(conn) == before
         assert conn.execute("SELECT count(*) FROM ledger_backfill_conflicts").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("ts_type", "later"),
+    [
+        ("TIMESTAMPTZ", "2999-12-31 23:59:59+00"),
+        ("TIMESTAMP", "2999-12-31 23:59:59"),
+        ("TEXT", "2999-12-31T23:59:59Z"),
+        ("TEXT", "9999-12-31"),
+    ],
+)
+def test_a_row_dated_after_the_run_start_is_a_reject_not_a_row_left_unread(
+    source_url, tmp_path, ts_type: str, later: str
+) -> None:
+    """A sentinel date (`2999-12-31`) or a clock gone wrong: no day of this run can hold the
+    row, so, as a CSV scan does, it is a reject of no partition ("later than the run's start"),
+    counted among the rows read, never left unread and unaccounted for."""
+    rows = [Row("NOW-OK", "2024-03-05 10:00"), Row("LATER", later)]
+    load(source_url, ts_type, rows)
+    source = DatabaseSource(url=source_url, table="legacy_ts", source_timezone="UTC")
+    result = source.extract(["2024-03-05"], tmp_path / "stage")
+    assert result.rows_by_partition == {"2024-03-05": 1}
+    rejects = result.unpartitioned_rejects
+    assert [json.loads(r)["referenceId"] for r in rejects["raw_row"]] == ["LATER"]
+    assert [list(r) for r in rejects["reasons"]] == [[LATER_THAN_RUN_START]]
+    assert result.rows_read == 2

@@ -71,7 +71,7 @@ from ledger_backfill_dagster.sources.paged_staging import (
     canonical_row,
     staged_table,
 )
-from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, parse_utc
+from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START, parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +234,7 @@ class DatabaseSource(SourceReader):
                 f"key column {self.id_column!r} must be an integer column: keyset pages and "
                 "checkpoints use it"
             )
-        try:
-            layout = detect_layout([n for n in names if n != self.id_column], self.column_map)
-        except LayoutError as exc:
-            raise DatabaseSourceError(str(exc)) from exc
+        layout = self._layout([n for n in names if n != self.id_column])
         timestamp = self.timestamp_column or layout.column_for("timestampUtc")
         if timestamp not in types:
             raise DatabaseSourceError(f"the source has no timestamp column {timestamp!r}")
@@ -256,6 +253,20 @@ class DatabaseSource(SourceReader):
             TIMESTAMP_KINDS[types[timestamp]],
             types[timestamp] == DATE_TYPE,
         )
+
+    def _layout(self, columns: list[str]) -> Layout:
+        """The columns' layout; BACKFILL_SOURCE_TIMESTAMP_COLUMN stands in for a timestamp column
+        no layout names (`created_at`), as if the column map had named it."""
+        try:
+            return detect_layout(columns, self.column_map)
+        except LayoutError as exc:
+            if not self.timestamp_column or self.timestamp_column not in columns:
+                raise DatabaseSourceError(str(exc)) from exc
+        declared = {**(self.column_map or {}), self.timestamp_column: "timestampUtc"}
+        try:
+            return detect_layout(columns, declared)
+        except LayoutError as exc:
+            raise DatabaseSourceError(str(exc)) from exc
 
     def _select(self, shape: _Shape, where: sql.Composable) -> sql.Composed:
         columns = [
@@ -503,6 +514,10 @@ class DatabaseSource(SourceReader):
             for (key, _, written), instant, reason in zip(page, instants, why, strict=True):
                 if reason is None and instant is not None and instant < start:
                     reason = NO_PARTITION_REASON
+                elif reason is None and instant is not None and instant >= run_start:
+                    # As a CSV scan says it; a run after that moment reads the row in its day
+                    # (day windows end at the run's start, exclusive).
+                    reason = LATER_THAN_RUN_START
                 if reason is not None:
                     reasons[int(key)] = reason
                 elif shape.timestamp_kind == TEXT and instant is not None:
@@ -541,22 +556,25 @@ class DatabaseSource(SourceReader):
         """The whole-source query's condition: every row no day can hold, and a few that can."""
         ts = sql.Identifier(shape.timestamp_column)
         if shape.timestamp_kind == AWARE:
-            where = sql.SQL("src.{} IS NULL OR src.{} < %(start)s OR src.{} = 'infinity'").format(
-                ts, ts, ts
-            )
-            return where, {"start": start}
+            where = sql.SQL(
+                "src.{} IS NULL OR src.{} < %(start)s OR src.{} >= %(late)s OR src.{} = 'infinity'"
+            ).format(ts, ts, ts, ts)
+            return where, {"start": start, "late": run_start}
         gaps = _local_transitions(
             self.source_timezone, start - timedelta(days=1), run_start + timedelta(days=1)
         )
         if shape.timestamp_kind == NAIVE:
             # Local times before the start's latest local midnight may be before it in UTC.
             _, start_high = _local_span(self.source_timezone, start, start)
+            # …and local times after the run start's earliest local time may be after it.
+            late_low, _ = _local_span(self.source_timezone, run_start, run_start)
             parts = [
                 sql.SQL("src.{} IS NULL").format(ts),
                 sql.SQL("src.{} < %(start)s").format(ts),
+                sql.SQL("src.{} > %(late)s").format(ts),
                 sql.SQL("src.{} = 'infinity'").format(ts),
             ]
-            params: dict[str, object] = {"start": start_high}
+            params: dict[str, object] = {"start": start_high, "late": late_low}
             for n, (low, high) in enumerate(gaps):
                 parts.append(
                     sql.SQL("(src.{ts} >= {low} AND src.{ts} < {high})").format(
@@ -574,12 +592,14 @@ class DatabaseSource(SourceReader):
             sql.SQL("src.{}::text !~ %(shape)s").format(ts),
             sql.SQL("substr(src.{}::text, 6, 5) = ANY(%(doubtful)s)").format(ts),
             sql.SQL("{} < %(start)s").format(c),
+            sql.SQL("{} >= %(late)s").format(c),
             sql.SQL("{} >= %(last)s").format(c),
         ]
         params = {
             "shape": STRICT_ISO,
             "doubtful": list(DOUBTFUL_DAYS),
             "start": (start.date() + timedelta(days=1)).isoformat(),
+            "late": (run_start.date() - timedelta(days=1)).isoformat(),
             "last": LAST_REPRESENTABLE_YEAR,
         }
         for n, (low, high) in enumerate(gaps):

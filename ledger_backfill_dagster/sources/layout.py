@@ -63,6 +63,7 @@ SNAKE_LAYOUT = {
     "fx_rate": "fxRate",
     "metadata": "metadata",
     "amount_minor": "amountMinor",
+    "amountMinor": "amountMinor",
 }
 
 
@@ -123,14 +124,23 @@ def detect_layout(columns: list[str], column_map: dict[str, str] | None = None) 
     duplicates = sorted({c for c in columns if columns.count(c) > 1})
     if duplicates:
         raise LayoutError(f"duplicate column names in header: {duplicates}")
-    candidates: list[tuple[str, dict[str, str]]] = []
-    if column_map:
-        candidates.append(("declared", column_map))
-    candidates += [
+    known = [
         ("canonical", {f: f for f in SOURCE_FIELDS}),
         ("legacy", LEGACY_LAYOUT),
         ("snake_case", SNAKE_LAYOUT),
     ]
+    candidates: list[tuple[str, dict[str, str]]] = []
+    if column_map:
+        candidates.append(("declared", column_map))
+    # A map that names every field stands alone; one whose columns this header has only some
+    # of (`{"cents": "amountMinor"}`) renames those columns of a known layout. A declared
+    # column is never ignored: folded into the metadata, it would lose what the user said it is.
+    present = {c: f for c, f in (column_map or {}).items() if c in columns}
+    for name, base in known:
+        if present:
+            candidates.append((f"declared+{name}", _overlay(base, present)))
+        else:
+            candidates.append((name, base))
     for name, mapping in candidates:
         mapped = {c: mapping.get(c) for c in columns}
         present = {f for f in mapped.values() if f}
@@ -141,6 +151,14 @@ def detect_layout(columns: list[str], column_map: dict[str, str] | None = None) 
         f"{' or '.join(AMOUNT_FIELDS)} (canonical names, the legacy export names, or a "
         "COLUMN_MAP_FILE)"
     )
+
+
+def _overlay(base: dict[str, str], declared: dict[str, str]) -> dict[str, str]:
+    """`base` with the declared renames: a field the map assigns comes from its column only."""
+    claimed = set(declared.values())
+    merged = {column: field for column, field in base.items() if field not in claimed}
+    merged.update(declared)
+    return merged
 
 
 def raw_fields(values: dict[str, object]) -> dict[str, object]:
