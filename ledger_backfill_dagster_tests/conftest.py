@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -43,19 +44,33 @@ def pg_admin_url() -> str:
     return _admin_url()
 
 
-@pytest.fixture
-def database_url(pg_admin_url: str) -> Iterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
+@contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A new, empty database on the server of `admin_url` (its URL), dropped afterwards."""
     name = f"lbt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield _url_for(pg_admin_url, name)
+        yield _url_for(admin_url, name)
     finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+@pytest.fixture
+def database_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    with fresh_database(pg_admin_url) as url:
+        yield url
+
+
+@pytest.fixture
+def source_url(pg_admin_url: str) -> Iterator[str]:
+    """A second, separate database on the same server: the legacy system being migrated."""
+    with fresh_database(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -19,11 +17,9 @@ from pathlib import Path
 import psycopg
 import pyarrow.parquet as pq
 import pytest
-from psycopg import sql
 
 from ledger_backfill_dagster.generate import generate
 from ledger_backfill_dagster.sources.database import DatabaseSource
-from ledger_backfill_dagster_tests.conftest import _url_for
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     ledger_snapshot,
@@ -52,21 +48,6 @@ COPY_LEGACY = (
     " currency_code, asset_type, transaction_type, reference_id, timestamp_utc, fx_rate, metadata)"
     " FROM STDIN (FORMAT csv, HEADER true)"
 )
-
-
-@pytest.fixture
-def source_url(pg_admin_url: str) -> Iterator[str]:
-    """A second, separate database on the same server: the legacy system being migrated."""
-    name = f"lbt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield _url_for(pg_admin_url, name)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def load_legacy(url: str, entries_csv: Path) -> int:

@@ -17,8 +17,7 @@ import json
 import random
 import re
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
@@ -30,7 +29,6 @@ import pytest
 from psycopg import sql
 
 from ledger_backfill_dagster.sources.database import DatabaseSource, DatabaseSourceError
-from ledger_backfill_dagster_tests.conftest import _url_for
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     check_evaluations,
@@ -209,21 +207,6 @@ CREATE TABLE ledger_entries_legacy (
 );
 CREATE INDEX ledger_entries_legacy_ts ON ledger_entries_legacy (timestamp_utc);
 """
-
-
-@pytest.fixture
-def source_url(pg_admin_url: str) -> Iterator[str]:
-    """A second, separate database on the same server: the legacy system being migrated."""
-    name = f"lbt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield _url_for(pg_admin_url, name)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture

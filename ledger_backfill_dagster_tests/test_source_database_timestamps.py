@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +32,6 @@ from ledger_backfill_dagster.timestamps import (
     NONEXISTENT_LOCAL,
     UNPARSEABLE,
 )
-from ledger_backfill_dagster_tests.conftest import _url_for
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     check_evaluations,
@@ -75,21 +72,6 @@ class Row:
 
 def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
-
-
-@pytest.fixture
-def source_url(pg_admin_url: str) -> Iterator[str]:
-    """A second, separate database on the same server: the legacy system being migrated."""
-    name = f"lbt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield _url_for(pg_admin_url, name)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture

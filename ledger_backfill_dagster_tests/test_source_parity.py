@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,7 +39,7 @@ from ledger_backfill_dagster.timestamps import TIMESTAMP_REASONS, parse_utc
 from ledger_backfill_dagster.transform import TransformRules, transform
 from ledger_backfill_dagster.validation import split
 from ledger_backfill_dagster_tests import parity_corpus as pc
-from ledger_backfill_dagster_tests.conftest import _url_for
+from ledger_backfill_dagster_tests.conftest import fresh_database
 from ledger_backfill_dagster_tests.hardening_support import write_accounts
 from ledger_backfill_dagster_tests.helpers import assert_ledger_invariants, materialize_range
 from ledger_backfill_dagster_tests.ledger_api_server import LedgerApiServer
@@ -270,20 +268,6 @@ class ParityServer(LedgerApiServer):
 
 
 # -- running and reading the ledger ----------------------------------------------------------
-
-
-@contextmanager
-def fresh_database(admin_url: str) -> Iterator[str]:
-    name = f"lbt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield _url_for(admin_url, name)
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @dataclass
