@@ -7,8 +7,8 @@ one exact value; this module turns them into the one spelling the ledger stores:
 ISO 4217 places exactly (USD `10.000` → `10.00`, JPY `1500.00` → `1500`), no leading zeros. A
 currency ISO gives no minor unit ("N.A.": gold, SDR) keeps its value's own significant places.
 
-Everything is column-wise, in Arrow's compute kernels (a million amounts in tens of
-milliseconds), never a float and never a Python loop over rows; rows already spelled as stored
+Everything is column-wise, in Arrow's compute kernels (docs/performance.md), never a float
+and never a Python loop over rows; rows already spelled as stored
 (what most exports write) are only looked at, not rewritten. Nothing here rejects anything: text
 that is not a plain decimal, or a value finer than the currency's minor unit, is returned as it
 was, and the contract (`contract.py`) says why the row fails.

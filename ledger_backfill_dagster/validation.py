@@ -59,9 +59,9 @@ def _frame_check_passed(check: object, frame: pd.DataFrame) -> np.ndarray:
     """A dataframe-wide check's verdict for every row. Its function is called as Pandera's
     backend calls it (`apply_table`), and a row passes where Pandera passes it (Pandera also
     passes a row whose every column is missing: never one of ours, `source_row_id` is never
-    missing). Pandera's post-processing, which collects failure cases we never read, cost ~30 ms
-    per check on 300,000 rows, a third of the validation; `test_transform` holds the verdicts
-    equal to Pandera's own `validate(lazy=True)`."""
+    missing). Pandera's post-processing collects failure cases we never read, a third of the
+    validation's time (docs/performance.md); `test_transform` holds the verdicts equal to
+    Pandera's own `validate(lazy=True)`."""
     if check.groupby is not None or check.element_wise:
         return _passed(check(frame).check_output, frame.index)
     return _passed(check._check_fn(frame, **check._check_kwargs), frame.index)
