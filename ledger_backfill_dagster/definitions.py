@@ -6,23 +6,23 @@ import os
 
 import dagster as dg
 
-from ledger_backfill_dagster.assets.extract import extracted_source
-from ledger_backfill_dagster.assets.post import posted_batches
-from ledger_backfill_dagster.assets.reconcile import reconciliation_report
-from ledger_backfill_dagster.assets.status import backfill_status, no_stalled_backfills
-from ledger_backfill_dagster.assets.transform import transformed_entries
-from ledger_backfill_dagster.assets.validate import validated_entries
-from ledger_backfill_dagster.checks import LEDGER_CHECKS
-from ledger_backfill_dagster.dual_ledger_sync import DUAL_LEDGER_CHECKS, DUAL_LEDGER_JOBS
-from ledger_backfill_dagster.jobs import ledger_backfill_job
-from ledger_backfill_dagster.maintenance_jobs import MAINTENANCE_JOBS
-from ledger_backfill_dagster.monitoring import alert_hook_from_env
+from ledger_backfill_dagster.defs.backfill.checks import LEDGER_CHECKS
+from ledger_backfill_dagster.defs.backfill.extract import extracted_source
+from ledger_backfill_dagster.defs.backfill.jobs import ledger_backfill_job
+from ledger_backfill_dagster.defs.backfill.post import posted_batches
+from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
+from ledger_backfill_dagster.defs.backfill.transform import transformed_entries
+from ledger_backfill_dagster.defs.backfill.validate import validated_entries
+from ledger_backfill_dagster.defs.dual_ledger.sync import DUAL_LEDGER_CHECKS, DUAL_LEDGER_JOBS
+from ledger_backfill_dagster.defs.execution.executor import ledger_in_process_executor
+from ledger_backfill_dagster.defs.maintenance.jobs import MAINTENANCE_JOBS
+from ledger_backfill_dagster.defs.operations.schedules import SCHEDULES
+from ledger_backfill_dagster.defs.operations.sensors import stalled_backfill_sensor
+from ledger_backfill_dagster.defs.operations.status import backfill_status, no_stalled_backfills
+from ledger_backfill_dagster.resources.alerts import alert_hook_from_env
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster.resources.settings import BackfillSettings
 from ledger_backfill_dagster.resources.source_connection import OutboxEndpoint
-from ledger_backfill_dagster.run_executor import ledger_in_process_executor
-from ledger_backfill_dagster.schedules import SCHEDULES
-from ledger_backfill_dagster.sensors import stalled_backfill_sensor
-from ledger_backfill_dagster.settings import BackfillSettings
 
 
 def ledger_database() -> LedgerDatabase:

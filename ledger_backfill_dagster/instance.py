@@ -40,11 +40,8 @@ from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import create_pg_engine
 from sqlalchemy.engine import URL, make_url
 
-from ledger_backfill_dagster.redaction import check_postgres_url, without_driver
-from ledger_backfill_dagster.resources.embedded_postgres import (
-    DAGSTER_DATABASE,
-    embedded_server_uri,
-)
+from ledger_backfill_dagster.lib.embedded_postgres import DAGSTER_DATABASE, embedded_server_uri
+from ledger_backfill_dagster.lib.redaction import check_postgres_url, without_driver
 
 EVENT_BATCH_SIZE = "1000"
 

@@ -27,7 +27,7 @@ def _admin_url() -> str:
     override = os.environ.get("TEST_PG_ADMIN_URL")
     if override:
         return override
-    from ledger_backfill_dagster.resources.embedded_postgres import embedded_server_uri
+    from ledger_backfill_dagster.lib.embedded_postgres import embedded_server_uri
 
     TEST_STATE.mkdir(parents=True, exist_ok=True)
     return embedded_server_uri("postgres", home=TEST_STATE)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger_backfill_dagster.settings import BackfillSettings
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
-from ledger_backfill_dagster.sources.registry import make_source
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.source_registry import make_source
 from ledger_backfill_dagster_tests.helpers import REPO, cli_materialize
 
 DAY = "2024-01-01"

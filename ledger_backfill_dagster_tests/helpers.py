@@ -13,15 +13,15 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
-from ledger_backfill_dagster.assets.extract import extracted_source
-from ledger_backfill_dagster.assets.post import posted_batches
-from ledger_backfill_dagster.assets.reconcile import reconciliation_report
-from ledger_backfill_dagster.assets.transform import transformed_entries
-from ledger_backfill_dagster.assets.validate import validated_entries
-from ledger_backfill_dagster.checks import LEDGER_CHECKS
+from ledger_backfill_dagster.defs.backfill.checks import LEDGER_CHECKS
+from ledger_backfill_dagster.defs.backfill.extract import extracted_source
+from ledger_backfill_dagster.defs.backfill.post import posted_batches
+from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
+from ledger_backfill_dagster.defs.backfill.transform import transformed_entries
+from ledger_backfill_dagster.defs.backfill.validate import validated_entries
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.settings import BackfillSettings
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.resources.settings import BackfillSettings
 
 ASSETS = [
     extracted_source,
@@ -268,7 +268,7 @@ def run_maintenance_job(
     job_name: str, database_url: str, op_config: dict, *, raise_on_error: bool = False
 ) -> dg.ExecuteInProcessResult:
     """A real in-process run of a maintenance job (maintenance_jobs.py) on this database."""
-    from ledger_backfill_dagster.maintenance_jobs import MAINTENANCE_JOBS
+    from ledger_backfill_dagster.defs.maintenance.jobs import MAINTENANCE_JOBS
 
     job = next(j for j in MAINTENANCE_JOBS if j.name == job_name)
     [op] = job.graph.node_defs

@@ -19,13 +19,13 @@ import io
 import json
 from dataclasses import dataclass, field
 
-from ledger_backfill_dagster.contract import (
+from ledger_backfill_dagster.entries.contract import (
     MAX_LEDGER_ID_BYTES,
     MAX_REFERENCE_ID_BYTES,
     MAX_TEXT_BYTES,
 )
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
-from ledger_backfill_dagster.timestamps import (
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.timestamps import (
     BEFORE_START_DATE,
     EMPTY,
     LATER_THAN_RUN_START,

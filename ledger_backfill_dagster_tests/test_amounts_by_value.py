@@ -22,13 +22,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger_backfill_dagster import amounts
-from ledger_backfill_dagster.currencies import minor_units_table
+from ledger_backfill_dagster.entries import amounts
+from ledger_backfill_dagster.entries.currencies import minor_units_table
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS, SOURCE_FIELDS
+from ledger_backfill_dagster.entries.transform import TransformRules, transform
+from ledger_backfill_dagster.entries.validation import split
+from ledger_backfill_dagster.resources.stage_store import staged_frame
 from ledger_backfill_dagster.sources.api import ApiSource
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS, SOURCE_FIELDS
-from ledger_backfill_dagster.stages import staged_frame
-from ledger_backfill_dagster.transform import TransformRules, transform
-from ledger_backfill_dagster.validation import split
 from ledger_backfill_dagster_tests.hardening_support import Cli, entry, ok, write_accounts
 from ledger_backfill_dagster_tests.helpers import assert_ledger_invariants
 from ledger_backfill_dagster_tests.ledger_api_server import LedgerApiServer, malformed, page_key

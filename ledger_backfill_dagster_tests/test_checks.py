@@ -11,9 +11,9 @@ import dagster as dg
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.assets.reconcile import reconciliation_report
-from ledger_backfill_dagster.checks import LEDGER_CHECKS
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.defs.backfill.checks import LEDGER_CHECKS
+from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import BackfillRunner, check_evaluations
 
 CHECK_NAMES = {

@@ -17,9 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.settings import BackfillSettings
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
-from ledger_backfill_dagster.sources.registry import make_source
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.source_registry import make_source
 from ledger_backfill_dagster_tests.helpers import assert_ledger_invariants, materialize_range
 
 INJECTION = "'; DROP TABLE ledger_entries; --"

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     ledger_snapshot,

@@ -28,16 +28,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.transform import TransformRules, transform
+from ledger_backfill_dagster.entries.validation import split
 from ledger_backfill_dagster.ledger.accounts import Account, account_currencies, load_accounts
 from ledger_backfill_dagster.ledger.posting import PartitionPlan, PostingOptions, post_partition
 from ledger_backfill_dagster.ledger.reconcile import reconcile
 from ledger_backfill_dagster.ledger.rejects import raw_rows, replace_rejects
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster.resources.stage_store import StageStore
 from ledger_backfill_dagster.sources.csv_source import CsvSource
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
-from ledger_backfill_dagster.stages import StageStore
-from ledger_backfill_dagster.transform import TransformRules, transform
-from ledger_backfill_dagster.validation import split
 from ledger_backfill_dagster_tests.conftest import _url_for
 from ledger_backfill_dagster_tests.helpers import assert_ledger_invariants
 

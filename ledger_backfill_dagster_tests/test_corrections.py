@@ -11,7 +11,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.assets.reconcile import reconciliation_report
+from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
 from ledger_backfill_dagster_tests.helpers import (
     BackfillRunner,
     assert_ledger_invariants,

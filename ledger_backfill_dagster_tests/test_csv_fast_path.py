@@ -20,15 +20,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START
 from ledger_backfill_dagster.sources import csv_source
 from ledger_backfill_dagster.sources.csv_source import (
     ROW_ID_FILE_STRIDE,
     CsvSource,
     _fast_plan,
 )
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
-from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START
+from ledger_backfill_dagster.sources.generate import generate
 
 HEADER = ",".join(CANONICAL_FIELDS)
 DAY_KEYS = [f"2024-01-{d:02d}" for d in range(1, 8)]

@@ -18,7 +18,7 @@ import yaml
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import assert_ledger_invariants, expected_balances
 
 REPO = Path(__file__).resolve().parents[1]

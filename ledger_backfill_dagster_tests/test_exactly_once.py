@@ -17,8 +17,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.generate import generate
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.fault_harness import (
     LEDGER_BACKFILL,
     Backfill,

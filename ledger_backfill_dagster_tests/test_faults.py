@@ -24,9 +24,9 @@ import psutil
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.defs.execution.stale_runs import PID_TAG
 from ledger_backfill_dagster.ledger.accounts import load_accounts, read_accounts_file
-from ledger_backfill_dagster.stale_runs import PID_TAG
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.fault_harness import (
     HOLD_ACCOUNTS,
     HOLD_PARTITION_OPENING,

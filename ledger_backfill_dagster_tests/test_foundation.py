@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     balances,

@@ -23,7 +23,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger_backfill_dagster.settings import BackfillSettings
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.source_registry import make_source
 from ledger_backfill_dagster.sources import csv_source
 from ledger_backfill_dagster.sources.csv_reader import (
     MalformedLine,
@@ -32,8 +34,6 @@ from ledger_backfill_dagster.sources.csv_reader import (
     _parsed_record,
     read_records,
 )
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
-from ledger_backfill_dagster.sources.registry import make_source
 from ledger_backfill_dagster_tests.helpers import assert_ledger_invariants, cli_materialize
 
 ROW = "MASTER,U1,U2,1.00,USD,fiat,PAYMENT,SMUGGLED,2024-01-01T10:00:00Z,,"

@@ -20,20 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from ledger_backfill_dagster.assets.common import no_partitions
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.defs.backfill.common import no_partitions
+from ledger_backfill_dagster.entries.transform import load_mapping
 from ledger_backfill_dagster.ledger.accounts import AccountsFileError, read_accounts_file
-from ledger_backfill_dagster.monitoring import stall_threshold_seconds
-from ledger_backfill_dagster.settings import (
+from ledger_backfill_dagster.lib.env import NUMERIC_LIMITS, env_int
+from ledger_backfill_dagster.lib.errors import SettingsError
+from ledger_backfill_dagster.lib.user_files import UserFileError
+from ledger_backfill_dagster.resources.settings import (
     FIELD_SETTINGS,
-    NUMERIC_LIMITS,
     BackfillSettings,
-    SettingsError,
-    env_int,
+    stall_threshold_seconds,
 )
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster.sources.layout import LayoutError, load_column_map
-from ledger_backfill_dagster.transform import load_mapping
-from ledger_backfill_dagster.user_files import UserFileError
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

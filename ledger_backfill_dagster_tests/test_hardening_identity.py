@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     balances,
@@ -260,8 +260,8 @@ def test_a_row_the_database_refuses_at_posting_is_quarantined(
     is posted (here a CHECK the contract does not know) isolates that row as a `post` reject."""
     import pandas as pd
 
+    from ledger_backfill_dagster.entries.validation import POSTABLE_COLUMNS
     from ledger_backfill_dagster.ledger.posting import PartitionPlan, PostingOptions, post_partition
-    from ledger_backfill_dagster.validation import POSTABLE_COLUMNS
 
     for account, currency in ACCOUNTS:
         conn.execute(

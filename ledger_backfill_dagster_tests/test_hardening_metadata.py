@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger_backfill_dagster import exact_json
-from ledger_backfill_dagster.contract import METADATA_NUL, METADATA_NUMBER_RANGE
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
-from ledger_backfill_dagster.transform import TransformRules, transform
+from ledger_backfill_dagster.entries.contract import METADATA_NUL, METADATA_NUMBER_RANGE
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.transform import TransformRules, transform
+from ledger_backfill_dagster.lib import exact_json
 from ledger_backfill_dagster_tests.hardening_support import (
     DAY,
     Cli,

@@ -20,11 +20,10 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ledger_backfill_dagster.assets.reconcile import source_control_totals
-from ledger_backfill_dagster.contract import MAX_INTEGER_DIGITS
-from ledger_backfill_dagster.currencies import places_table
-from ledger_backfill_dagster.ledger.reconcile import ControlTotal
-from ledger_backfill_dagster.stages import StageStore
+from ledger_backfill_dagster.entries.contract import MAX_INTEGER_DIGITS
+from ledger_backfill_dagster.entries.currencies import places_table
+from ledger_backfill_dagster.ledger.reconcile import ControlTotal, source_control_totals
+from ledger_backfill_dagster.resources.stage_store import StageStore
 from ledger_backfill_dagster_tests.hardening_support import (
     Cli,
     entry,
@@ -198,13 +197,13 @@ def amounts(draw: st.DrawFn) -> tuple[str, str]:
 def test_source_control_totals_are_exact_at_any_size_the_contract_admits(
     days: list[list[tuple[str, str]]], files_per_aggregation: int
 ) -> None:
-    import ledger_backfill_dagster.assets.reconcile as reconcile_asset
+    import ledger_backfill_dagster.ledger.reconcile as reconcile_module
 
     keys = [f"2024-01-0{n + 1}" for n in range(len(days))]
     expected: dict[str, list[str]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
         # A few partitions per Arrow aggregation, so sums also carry over between them.
-        patch.setattr(reconcile_asset, "CONTROL_TOTAL_FILES", files_per_aggregation)
+        patch.setattr(reconcile_module, "CONTROL_TOTAL_FILES", files_per_aggregation)
         store = StageStore(Path(tmp))
         for key, rows in zip(keys, days, strict=True):
             table = pa.table(
@@ -216,7 +215,7 @@ def test_source_control_totals_are_exact_at_any_size_the_contract_admits(
             store.write_table("src", "validated", key, table)
             for currency, amount in rows:
                 expected[currency].append(amount)
-        totals = source_control_totals(store, "src", keys)
+        totals = source_control_totals(store.validated_paths("src", keys))
     assert totals == {c: (len(a), _total(a)) for c, a in expected.items()}
 
 

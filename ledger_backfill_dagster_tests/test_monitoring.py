@@ -14,11 +14,12 @@ import psycopg
 import pytest
 
 from ledger_backfill_dagster import cli
-from ledger_backfill_dagster.assets.status import STALL_CHECK, STATUS_ASSET
-from ledger_backfill_dagster.generate import generate
-from ledger_backfill_dagster.monitoring import StallAlertHook, read_status
+from ledger_backfill_dagster.defs.operations.sensors import stalled_backfill_sensor
+from ledger_backfill_dagster.defs.operations.status import STALL_CHECK, STATUS_ASSET
+from ledger_backfill_dagster.ledger.status import read_status
+from ledger_backfill_dagster.resources.alerts import StallAlertHook
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.sensors import stalled_backfill_sensor
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import materialize_range
 
 STALE = """
@@ -254,7 +255,7 @@ def test_alert_hook_off_by_default_and_failures_hide_the_url(
 def test_no_stalled_backfills_check_runs_on_demand(
     ledger_db: LedgerDatabase, conn: psycopg.Connection
 ) -> None:
-    from ledger_backfill_dagster.assets.status import backfill_status, no_stalled_backfills
+    from ledger_backfill_dagster.defs.operations.status import backfill_status, no_stalled_backfills
 
     defs = dg.Definitions(
         assets=[backfill_status],
@@ -269,4 +270,4 @@ def test_no_stalled_backfills_check_runs_on_demand(
     failed = job.execute_in_process()
     (evaluation,) = failed.get_asset_check_evaluations()
     assert not evaluation.passed
-    assert read_status(conn).stalled[0]["partition_key"] == "2024-05-01"
+    assert read_status(conn, 3600).stalled[0]["partition_key"] == "2024-05-01"

@@ -36,7 +36,7 @@ PROBE = """
 import json, sys
 import ledger_backfill_dagster
 from ledger_backfill_dagster.cli import main
-from ledger_backfill_dagster.sql_files import query, sql_dir
+from ledger_backfill_dagster.lib.sql_files import query, sql_dir
 
 status = main(["migrate"])
 folder = sql_dir()

@@ -13,8 +13,8 @@ import pytest
 from psycopg import sql
 
 from ledger_backfill_dagster import cli
-from ledger_backfill_dagster.generate import generate
 from ledger_backfill_dagster.ledger.roles import RoleNames, apply_roles
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import assert_ledger_invariants, materialize_range
 from ledger_backfill_dagster_tests.pg_roles import drop_roles, login_role, unique_prefix
 
@@ -182,7 +182,7 @@ def test_rollback_job_needs_the_rollback_role(
     rollback role's."""
     import dagster as dg
 
-    from ledger_backfill_dagster.maintenance_jobs import rollback_job
+    from ledger_backfill_dagster.defs.maintenance.jobs import rollback_job
     from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 
     data = generate(tmp_path / "data", entries=600, days=2, accounts=12, start=date(2024, 1, 1))

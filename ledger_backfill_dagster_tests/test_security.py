@@ -22,8 +22,8 @@ from dagster._serdes import serialize_value
 from psycopg import sql
 
 from ledger_backfill_dagster.definitions import ledger_database
-from ledger_backfill_dagster.generate import generate
-from ledger_backfill_dagster.settings import BackfillSettings
+from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import ASSETS, assert_ledger_invariants
 from ledger_backfill_dagster_tests.pg_roles import login_role, unique_prefix
 

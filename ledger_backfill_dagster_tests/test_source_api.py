@@ -12,14 +12,14 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from ledger_backfill_dagster.generate import generate
-from ledger_backfill_dagster.sources.api import ApiSource
-from ledger_backfill_dagster.sources.http_client import (
+from ledger_backfill_dagster.lib.http_client import (
     MalformedPageError,
     SourceRefusedError,
     SourceUnavailableError,
     retry_after_seconds,
 )
+from ledger_backfill_dagster.sources.api import ApiSource
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     balances,

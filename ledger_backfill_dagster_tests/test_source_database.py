@@ -18,8 +18,8 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from ledger_backfill_dagster.generate import generate
 from ledger_backfill_dagster.sources.database import DatabaseSource
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     ledger_snapshot,

@@ -24,14 +24,14 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from ledger_backfill_dagster.sources.database import DatabaseSource
-from ledger_backfill_dagster.timestamps import (
+from ledger_backfill_dagster.entries.timestamps import (
     BEFORE_START_DATE,
     EMPTY,
     LATER_THAN_RUN_START,
     NONEXISTENT_LOCAL,
     UNPARSEABLE,
 )
+from ledger_backfill_dagster.sources.database import DatabaseSource
 from ledger_backfill_dagster_tests.helpers import (
     assert_ledger_invariants,
     check_evaluations,

@@ -29,15 +29,15 @@ import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
-from ledger_backfill_dagster import exact_json
-from ledger_backfill_dagster.contract import LedgerEntrySource
+from ledger_backfill_dagster.entries.contract import LedgerEntrySource
+from ledger_backfill_dagster.entries.timestamps import TIMESTAMP_REASONS, parse_utc
+from ledger_backfill_dagster.entries.transform import TransformRules, transform
+from ledger_backfill_dagster.entries.validation import split
+from ledger_backfill_dagster.lib import exact_json
+from ledger_backfill_dagster.lib.http_client import MalformedPageError, WrittenNumber
+from ledger_backfill_dagster.resources.stage_store import staged_frame
 from ledger_backfill_dagster.sources.api import ApiSource, json_text
-from ledger_backfill_dagster.sources.http_client import MalformedPageError, WrittenNumber
 from ledger_backfill_dagster.sources.scb import SCB_FIELDS
-from ledger_backfill_dagster.stages import staged_frame
-from ledger_backfill_dagster.timestamps import TIMESTAMP_REASONS, parse_utc
-from ledger_backfill_dagster.transform import TransformRules, transform
-from ledger_backfill_dagster.validation import split
 from ledger_backfill_dagster_tests import parity_corpus as pc
 from ledger_backfill_dagster_tests.conftest import fresh_database
 from ledger_backfill_dagster_tests.hardening_support import write_accounts

@@ -12,18 +12,18 @@ import dagster as dg
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.dual_ledger_sync import (
+from ledger_backfill_dagster.defs.dual_ledger.sync import (
     dual_ledger_consistency,
     dual_ledger_outbox_relay_job,
 )
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.defs.operations.schedules import scb_daily_sync_schedule
 from ledger_backfill_dagster.ledger.dual_ledger import check_dual_ledger
 from ledger_backfill_dagster.ledger.outbox import RelayOptions, relay_outbox
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster.resources.settings import BackfillSettings
 from ledger_backfill_dagster.resources.source_connection import OutboxEndpoint
-from ledger_backfill_dagster.schedules import scb_daily_sync_schedule
-from ledger_backfill_dagster.settings import BackfillSettings
-from ledger_backfill_dagster.sources.registry import make_source
+from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import (
     ASSETS,
     assert_ledger_invariants,

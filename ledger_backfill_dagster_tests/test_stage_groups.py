@@ -15,13 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ledger_backfill_dagster.assets import transform as transform_asset
-from ledger_backfill_dagster.assets import validate as validate_asset
-from ledger_backfill_dagster.assets.extract import extracted_source
-from ledger_backfill_dagster.assets.transform import transformed_entries
-from ledger_backfill_dagster.assets.validate import validated_entries
-from ledger_backfill_dagster.contract import ARROW_STRING
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.defs.backfill import transform as transform_asset
+from ledger_backfill_dagster.defs.backfill import validate as validate_asset
+from ledger_backfill_dagster.defs.backfill.extract import extracted_source
+from ledger_backfill_dagster.defs.backfill.transform import transformed_entries
+from ledger_backfill_dagster.defs.backfill.validate import validated_entries
+from ledger_backfill_dagster.entries.contract import ARROW_STRING
+from ledger_backfill_dagster.entries.transform import TransformRules, transform
+from ledger_backfill_dagster.entries.validation import split
 from ledger_backfill_dagster.ledger.accounts import account_currencies
 from ledger_backfill_dagster.ledger.rejects import (
     raw_frame,
@@ -29,18 +30,17 @@ from ledger_backfill_dagster.ledger.rejects import (
     replace_partition_rejects,
     replace_rejects,
 )
-from ledger_backfill_dagster.reports import write_error_report
-from ledger_backfill_dagster.settings import BackfillSettings
-from ledger_backfill_dagster.sources.base import STAGED_SCHEMA
-from ledger_backfill_dagster.sources.registry import make_source
-from ledger_backfill_dagster.stages import (
+from ledger_backfill_dagster.ledger.reports import write_error_report
+from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.stage_store import (
     StageStore,
     frame_table,
     partition_groups,
     partition_tables,
 )
-from ledger_backfill_dagster.transform import TransformRules, transform
-from ledger_backfill_dagster.validation import split
+from ledger_backfill_dagster.sources.base import STAGED_SCHEMA
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import materialize_range
 
 DAYS = [f"2024-01-0{d}" for d in range(1, 9)]

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from ledger_backfill_dagster.stale_runs import ProcessIdentity
+from ledger_backfill_dagster.defs.execution.stale_runs import ProcessIdentity
 
 
 def _child() -> subprocess.Popen:

@@ -16,22 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger_backfill_dagster.contract import LedgerEntrySource, as_contract_frame
-from ledger_backfill_dagster.currencies import convert, is_currency, places
-from ledger_backfill_dagster.sources.csv_reader import (
-    HeaderError,
-    MalformedLine,
-    Record,
-    read_records,
-)
-from ledger_backfill_dagster.sources.csv_source import CsvSource
-from ledger_backfill_dagster.sources.layout import (
-    CANONICAL_FIELDS,
-    LayoutError,
-    detect_layout,
-    load_column_map,
-)
-from ledger_backfill_dagster.timestamps import (
+from ledger_backfill_dagster.entries.contract import LedgerEntrySource, as_contract_frame
+from ledger_backfill_dagster.entries.currencies import convert, is_currency, places
+from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster.entries.timestamps import (
     BEFORE_START_DATE,
     EMPTY,
     LATER_THAN_RUN_START,
@@ -39,14 +27,22 @@ from ledger_backfill_dagster.timestamps import (
     UNPARSEABLE,
     parse_utc,
 )
-from ledger_backfill_dagster.transform import (
+from ledger_backfill_dagster.entries.transform import (
     TransformRules,
     generated_reference,
     generated_references,
     load_mapping,
     transform,
 )
-from ledger_backfill_dagster.validation import ContractError, reasons_by_row, split
+from ledger_backfill_dagster.entries.validation import ContractError, reasons_by_row, split
+from ledger_backfill_dagster.sources.csv_reader import (
+    HeaderError,
+    MalformedLine,
+    Record,
+    read_records,
+)
+from ledger_backfill_dagster.sources.csv_source import CsvSource
+from ledger_backfill_dagster.sources.layout import LayoutError, detect_layout, load_column_map
 from ledger_backfill_dagster_tests import test_contract_corpus as corpus
 
 RULES = TransformRules(

@@ -23,7 +23,7 @@ import psutil
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.generate import generate
+from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.helpers import assert_ledger_invariants
 from ledger_backfill_dagster_tests.pg_roles import login_role, unique_prefix
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import psycopg
 
-from ledger_backfill_dagster.currencies import is_currency
-from ledger_backfill_dagster.settings import FALSE_WORDS, TRUE_WORDS
-from ledger_backfill_dagster.user_files import UserFileError, read_user_csv
+from ledger_backfill_dagster.entries.currencies import is_currency
+from ledger_backfill_dagster.lib.env import FALSE_WORDS, TRUE_WORDS
+from ledger_backfill_dagster.lib.user_files import UserFileError, read_user_csv
 
 # Account types that may carry a negative balance (the ledger's own side of every entry).
 NEGATIVE_BY_TYPE = {"income", "equity", "liability", "clearing", "suspense", "expense", "fx"}

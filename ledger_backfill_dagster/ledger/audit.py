@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from ledger_backfill_dagster.resources.ledger_database import redact
+from ledger_backfill_dagster.lib.redaction import redact
 
 INSERT_AUDIT = """
 INSERT INTO ledger_backfill_audit_log (action, scope, details, reason, run_id, dry_run)

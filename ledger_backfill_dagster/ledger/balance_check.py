@@ -32,7 +32,7 @@ from decimal import Decimal
 
 import psycopg
 
-from ledger_backfill_dagster.sql_files import query
+from ledger_backfill_dagster.lib.sql_files import query
 
 
 @dataclass(frozen=True)

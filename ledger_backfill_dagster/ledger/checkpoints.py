@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from ledger_backfill_dagster.resources.ledger_database import redact
+from ledger_backfill_dagster.lib.redaction import redact
 
 IN_PROGRESS, COMPLETED, FAILED, PAUSED = "IN_PROGRESS", "COMPLETED", "FAILED", "PAUSED"
 

@@ -25,7 +25,8 @@ from psycopg.rows import dict_row
 
 from ledger_backfill_dagster.ledger import audit
 from ledger_backfill_dagster.ledger.migrations import checksum
-from ledger_backfill_dagster.sql_files import query, sql_dir
+from ledger_backfill_dagster.lib.errors import TerminalError
+from ledger_backfill_dagster.lib.sql_files import query, sql_dir
 
 MIGRATION_VERSION = "004"
 CONSTRAINT_NAMES = (
@@ -37,7 +38,7 @@ PROBE_ACCOUNT = "__balance_constraint_probe__"
 _LOCK_KEY = "ledger_backfill:balance_constraints"
 
 
-class ConstraintError(Exception):
+class ConstraintError(TerminalError):
     """The balance constraints cannot be applied or are not enforced."""
 
 

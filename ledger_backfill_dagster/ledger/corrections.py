@@ -32,14 +32,15 @@ from psycopg.types.json import Jsonb
 
 from ledger_backfill_dagster.ledger import audit
 from ledger_backfill_dagster.ledger.balance_check import drifting_accounts
-from ledger_backfill_dagster.sql_files import query
+from ledger_backfill_dagster.lib.errors import TerminalError
+from ledger_backfill_dagster.lib.sql_files import query
 
 SOURCE_ID = "ledger_corrections"
 SOURCE_TYPE = "CORRECTION"
 TRANSACTION_TYPE = "CORRECTION"
 
 
-class CorrectionError(Exception):
+class CorrectionError(TerminalError):
     """Corrections cannot be planned or applied; nothing was committed."""
 
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 import psycopg
 from psycopg.rows import dict_row
 
-from ledger_backfill_dagster.sql_files import query
+from ledger_backfill_dagster.lib.sql_files import query
 
 Totals = dict[str, tuple[int, Decimal]]  # currency → (count, sum)
 

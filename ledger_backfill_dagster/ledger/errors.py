@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ledger_backfill_dagster.lib.errors import TerminalError
 
-class PostingError(Exception):
+
+class PostingError(TerminalError):
     """A permanent failure: retrying the same batch cannot succeed."""
 
 
@@ -43,7 +45,7 @@ class PartitionBusyError(PostingError):
         )
 
 
-class PausedError(Exception):
+class PausedError(TerminalError):
     """The backfill stopped cleanly after a batch because a pause was requested."""
 
 

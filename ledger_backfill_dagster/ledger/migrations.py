@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 
-from ledger_backfill_dagster.sql_files import sql_dir
+from ledger_backfill_dagster.lib.sql_files import sql_dir
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def apply_migrations(conn: psycopg.Connection, include_deferred: bool = False) -
 
 def load_currency_minor_units(conn: psycopg.Connection) -> None:
     """Refresh ISO 4217 minor units from the maintained `iso4217` package."""
-    from ledger_backfill_dagster.currencies import minor_units_table
+    from ledger_backfill_dagster.entries.currencies import minor_units_table
 
     with conn.cursor() as cur:
         cur.executemany(

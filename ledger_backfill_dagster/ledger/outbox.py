@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg.rows import dict_row
 
-from ledger_backfill_dagster.resources.ledger_database import redact
-from ledger_backfill_dagster.sources.http_client import (
+from ledger_backfill_dagster.lib.http_client import (
     JsonHttpClient,
     MalformedPageError,
     RetrySettings,
@@ -42,7 +41,8 @@ from ledger_backfill_dagster.sources.http_client import (
     decimal_json,
     dump_json,
 )
-from ledger_backfill_dagster.sql_files import query
+from ledger_backfill_dagster.lib.redaction import redact
+from ledger_backfill_dagster.lib.sql_files import query
 
 log = logging.getLogger(__name__)
 

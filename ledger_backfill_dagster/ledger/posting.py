@@ -35,6 +35,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from ledger_backfill_dagster.entries.validation import POSTABLE_COLUMNS
 from ledger_backfill_dagster.ledger import checkpoints
 from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
 from ledger_backfill_dagster.ledger.errors import (
@@ -47,25 +48,10 @@ from ledger_backfill_dagster.ledger.errors import (
 )
 from ledger_backfill_dagster.ledger.rejects import record_refused_row
 from ledger_backfill_dagster.ledger.rollback import reinstate_reversed
-from ledger_backfill_dagster.sql_files import query
-from ledger_backfill_dagster.validation import POSTABLE_COLUMNS
+from ledger_backfill_dagster.lib.errors import is_transient
+from ledger_backfill_dagster.lib.sql_files import query
 
 log = logging.getLogger(__name__)
-
-TRANSIENT_SQLSTATES = {
-    "40001",  # serialization_failure
-    "40P01",  # deadlock_detected
-    "57P01",  # admin_shutdown (server restart)
-    "57P02",  # crash_shutdown
-    "57P03",  # cannot_connect_now (starting up)
-    "08000",
-    "08003",
-    "08006",
-    "08001",
-    "08004",  # connection exceptions
-    "53300",  # too_many_connections
-}
-
 
 # SQLSTATEs that blame one row's values, not the batch or the database: a data exception (class
 # 22), an index entry or value beyond a limit (54000), a check or NOT NULL constraint.
@@ -83,15 +69,6 @@ def refusal_reason(exc: psycopg.Error) -> str:
     primary = exc.diag.message_primary if exc.diag else None
     message = (primary or str(exc)).splitlines()[0][:500]
     return f"database refused the row ({exc.sqlstate}): {message}"
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        sqlstate = getattr(exc, "sqlstate", None)
-        return sqlstate is None or sqlstate in TRANSIENT_SQLSTATES
-    if isinstance(exc, pgerrors.SerializationFailure | pgerrors.DeadlockDetected):
-        return True
-    return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
 
 
 @dataclass(frozen=True)

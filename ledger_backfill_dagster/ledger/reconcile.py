@@ -7,13 +7,19 @@ deleted entry, a missing outbox row).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, Inexact
+from pathlib import Path
 
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from psycopg.rows import dict_row
 
-from ledger_backfill_dagster.sql_files import query
+from ledger_backfill_dagster.entries.currencies import places_table
+from ledger_backfill_dagster.lib.sql_files import query
 
 # Sums of amounts, exactly. Python's default context keeps 28 digits, fewer than one amount may
 # have (24 before the point + 18 after); any count of them sums to far fewer than 1,000 digits,
@@ -222,3 +228,71 @@ def held_totals(
     """Count and sum per currency of the valid rows that were not posted (duplicates, conflicts)."""
     rows = conn.execute(HELD_TOTALS, {"source_id": source_id, "partition_keys": keys}).fetchall()
     return {currency: (count, total) for currency, count, total in rows}
+
+
+CONTROL_TOTAL_FILES = 256  # partitions per aggregation: bounds memory on large days
+CONTROL_TOTAL_SCHEMA = pa.schema([("currency_code", pa.string()), ("amount", pa.string())])
+# Amounts as Arrow decimals wide enough for any the contract admits, and for any sum of them:
+# at most MAX_INTEGER_DIGITS (24) before the point and 18 after (the most minor units a currency
+# is allowed), so 2^63 rows of the largest amount sum to under 10^43, far below the 10^58 that
+# 76 digits with 18 after the point hold. (decimal128(38, 18) held only 20 digits before the
+# point: a 21-digit amount could not be cast, and ten of 99,999,999,999,999,999,999.99 wrapped
+# around to a negative sum.) An amount with more digits fails the cast loudly, never rounds.
+AMOUNT_SCALE = max(places_table().values())
+AMOUNT_TYPE = pa.decimal256(76, AMOUNT_SCALE)
+
+
+def source_control_totals(validated: Sequence[Path]) -> dict[str, tuple[int, Decimal]]:
+    """Count and exact sum per currency of the valid source rows in these validated stage files.
+
+    Reads only the two columns it needs, a few hundred partitions per Arrow aggregation, so
+    memory stays bounded on large days (docs/performance.md)."""
+    totals: dict[str, tuple[int, Decimal]] = {}
+    for first in range(0, len(validated), CONTROL_TOTAL_FILES):
+        tables = [
+            pq.read_table(path, columns=["currency_code", "amount"]).cast(CONTROL_TOTAL_SCHEMA)
+            for path in validated[first : first + CONTROL_TOTAL_FILES]
+        ]
+        table = pa.concat_tables(tables)
+        if table.num_rows == 0:
+            continue
+        table = table.set_column(1, "amount", pc.cast(table["amount"], AMOUNT_TYPE))
+        grouped = table.group_by("currency_code").aggregate(
+            [("amount", "sum"), ("amount", "count")]
+        )
+        for currency, exact, count in zip(
+            grouped["currency_code"].to_pylist(),
+            grouped["amount_sum"].to_pylist(),
+            grouped["amount_count"].to_pylist(),
+            strict=True,
+        ):
+            before_count, before_total = totals.get(currency, (0, Decimal(0)))
+            total = exact_sum(before_total, exact or Decimal(0))
+            totals[currency] = (before_count + count, _plain(total))
+    return totals
+
+
+def _plain(value: Decimal) -> Decimal:
+    """Drop the trailing zeros of the Arrow scale (19534940.598000… → 19534940.598), exactly
+    (`normalize` in the default context would round to 28 digits)."""
+    return Decimal(format(value.normalize(EXACT), "f"))
+
+
+def reconcile_source(
+    conn: psycopg.Connection,
+    source_id: str,
+    rows_read: dict[str, int],
+    validated: Sequence[Path],
+    keys: list[str],
+) -> Reconciliation:
+    """The reconciliation of a source's partitions `keys`, from what the extract stage read
+    (`rows_read`), the validated stage files and the ledger."""
+    unpartitioned = conn.execute(query("unpartitioned_rejects"), (source_id,)).fetchone()[0]
+    return reconcile(
+        conn,
+        source_id,
+        rows_read,
+        unpartitioned,
+        source_totals=source_control_totals(validated),
+        held_totals=held_totals(conn, source_id, keys),
+    )

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import pandas as pd
 import psycopg
 
-from ledger_backfill_dagster import exact_json
-from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS, raw_fields
+from ledger_backfill_dagster.entries.fields import SOURCE_FIELDS, raw_fields
+from ledger_backfill_dagster.lib import exact_json
 
 REPLACE_STAGE = """
 DELETE FROM ledger_backfill_rejects

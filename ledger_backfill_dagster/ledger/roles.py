@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from ledger_backfill_dagster.ledger.migrations import apply_migrations
-from ledger_backfill_dagster.sql_files import sql_dir
+from ledger_backfill_dagster.lib.sql_files import sql_dir
 
 
 @dataclass(frozen=True)

@@ -35,13 +35,14 @@ from psycopg.rows import dict_row
 
 from ledger_backfill_dagster.ledger import audit, constraints
 from ledger_backfill_dagster.ledger.balance_check import drifting_accounts
-from ledger_backfill_dagster.sql_files import query
+from ledger_backfill_dagster.lib.errors import TerminalError
+from ledger_backfill_dagster.lib.sql_files import query
 
 METHODS = ("auto", "delete", "reversal", "maintenance")
 REVERSAL_PREFIX = "REVERSAL-"
 
 
-class RollbackError(Exception):
+class RollbackError(TerminalError):
     """A rollback could not be carried out as planned; nothing was committed."""
 
 

@@ -3,8 +3,7 @@
 The URL comes from DATABASE_URL through `dg.EnvVar`, so Dagster shows the variable's name, never
 its value. Without it, the embedded PostgreSQL is started under the project's state folder. The URL
 is checked before psycopg sees it (`redaction.check_postgres_url`): libpq's own parse errors quote
-the part they cannot read, which may be a piece of the password. `redact` lives in
-`ledger_backfill_dagster.redaction` and is importable from here too.
+the part they cannot read, which may be a piece of the password.
 """
 
 from __future__ import annotations
@@ -17,13 +16,8 @@ import psycopg
 from pydantic import Field
 
 from ledger_backfill_dagster.ledger.migrations import apply_migrations
-from ledger_backfill_dagster.redaction import check_postgres_url, redact
-from ledger_backfill_dagster.resources.embedded_postgres import (
-    LEDGER_DATABASE,
-    embedded_server_uri,
-)
-
-__all__ = ["LedgerDatabase", "redact"]
+from ledger_backfill_dagster.lib.embedded_postgres import LEDGER_DATABASE, embedded_server_uri
+from ledger_backfill_dagster.lib.redaction import check_postgres_url
 
 
 class LedgerDatabase(dg.ConfigurableResource):

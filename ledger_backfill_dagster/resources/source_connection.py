@@ -14,7 +14,7 @@ import os
 import dagster as dg
 from pydantic import Field
 
-from ledger_backfill_dagster.redaction import check_http_url, check_source_url, check_token
+from ledger_backfill_dagster.lib.redaction import check_http_url, check_source_url, check_token
 
 SOURCE_URL_ENV = "BACKFILL_SOURCE_URL"
 API_TOKEN_ENV = "BACKFILL_API_TOKEN"

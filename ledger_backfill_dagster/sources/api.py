@@ -33,20 +33,24 @@ from urllib.parse import urlencode, urlsplit
 
 import pandas as pd
 
-from ledger_backfill_dagster.sources.base import ExtractResult, SourceReader
-from ledger_backfill_dagster.sources.http_client import (
+from ledger_backfill_dagster.entries.fields import SOURCE_FIELDS
+from ledger_backfill_dagster.entries.timestamps import (
+    BEFORE_START_DATE,
+    LATER_THAN_RUN_START,
+    parse_utc,
+)
+from ledger_backfill_dagster.lib.http_client import (
     JsonHttpClient,
     MalformedPageError,
     RetrySettings,
 )
-from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS
+from ledger_backfill_dagster.sources.base import ExtractResult, SourceReader
 from ledger_backfill_dagster.sources.paged_staging import (
     PartitionStaging,
     SourceStaging,
     canonical_row,
     staged_table,
 )
-from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START, parse_utc
 
 # A well-shaped timestamp pandas cannot hold (years before 1677 or after 2262) is outside any
 # day window a page is asked for: a broken page, as any entry outside the window is.

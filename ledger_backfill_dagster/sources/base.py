@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS
+from ledger_backfill_dagster.entries.fields import SOURCE_FIELDS
 
 # The staged frame: source position, the contract's fields as raw text, the parsed UTC timestamp.
 STAGED_SCHEMA = pa.schema(

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ledger_backfill_dagster.lib.errors import InputError
+
 BOM = "\ufeff"
 # A record's text (line breaks included) is kept up to this many characters, so memory stays
 # bounded when a quote opened early in a large file never closes. A longer record is still read to
@@ -59,7 +61,7 @@ class Record:
     fields: list[str]
 
 
-class HeaderError(ValueError):
+class HeaderError(InputError):
     """The file has no usable header line; nothing in it can be read."""
 
 

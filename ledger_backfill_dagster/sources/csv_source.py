@@ -48,6 +48,13 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 from filelock import FileLock
 
+from ledger_backfill_dagster.entries.fields import SOURCE_FIELDS, raw_fields
+from ledger_backfill_dagster.entries.timestamps import (
+    BEFORE_START_DATE,
+    LATER_THAN_RUN_START,
+    parse_utc,
+)
+from ledger_backfill_dagster.lib.errors import InputError
 from ledger_backfill_dagster.sources.base import (
     REJECT_COLUMNS,
     STAGED_SCHEMA,
@@ -61,14 +68,7 @@ from ledger_backfill_dagster.sources.csv_reader import (
     Record,
     read_records,
 )
-from ledger_backfill_dagster.sources.layout import (
-    SOURCE_FIELDS,
-    Layout,
-    detect_layout,
-    load_column_map,
-    raw_fields,
-)
-from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START, parse_utc
+from ledger_backfill_dagster.sources.layout import Layout, detect_layout, load_column_map
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ CANONICAL_SHAPE = (
 _LF, _COMMA, _QUOTE = ord("\n"), ord(","), ord('"')
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """The source as a whole cannot be read (missing file, unusable header)."""
 
 

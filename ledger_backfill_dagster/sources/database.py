@@ -53,25 +53,24 @@ import psycopg
 from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from ledger_backfill_dagster.ledger.posting import is_transient
-from ledger_backfill_dagster.resources.ledger_database import redact
-from ledger_backfill_dagster.settings import SettingsError
+from ledger_backfill_dagster.entries.fields import raw_fields
+from ledger_backfill_dagster.entries.timestamps import (
+    BEFORE_START_DATE,
+    LATER_THAN_RUN_START,
+    parse_utc,
+)
+from ledger_backfill_dagster.lib.errors import InputError, SettingsError, is_transient
+from ledger_backfill_dagster.lib.http_client import SourceUnavailableError
+from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.sources.base import REJECT_COLUMNS, ExtractResult, SourceReader
 from ledger_backfill_dagster.sources.csv_source import check_timezone
-from ledger_backfill_dagster.sources.http_client import SourceUnavailableError
-from ledger_backfill_dagster.sources.layout import (
-    Layout,
-    LayoutError,
-    detect_layout,
-    raw_fields,
-)
+from ledger_backfill_dagster.sources.layout import Layout, LayoutError, detect_layout
 from ledger_backfill_dagster.sources.paged_staging import (
     PartitionStaging,
     SourceStaging,
     canonical_row,
     staged_table,
 )
-from ledger_backfill_dagster.timestamps import BEFORE_START_DATE, LATER_THAN_RUN_START, parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ NO_PARTITION_REASON = BEFORE_START_DATE
 CURSOR_NAME = "ledger_backfill_source"
 
 
-class DatabaseSourceError(ValueError):
+class DatabaseSourceError(InputError):
     """The table or query cannot serve as a source (missing column, wrong type, bad SQL)."""
 
 

@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock
 
+from ledger_backfill_dagster.entries.fields import SOURCE_FIELDS
+from ledger_backfill_dagster.lib.http_client import dump_json
 from ledger_backfill_dagster.sources.base import STAGED_SCHEMA
-from ledger_backfill_dagster.sources.http_client import dump_json
-from ledger_backfill_dagster.sources.layout import SOURCE_FIELDS
 
 STATE_FILE = "_state.json"
 STAGED_LAYOUT_VERSION = hashlib.sha256("\0".join(STAGED_SCHEMA.names).encode()).hexdigest()[:8]

@@ -30,7 +30,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from urllib.parse import quote, urlencode
 
-from ledger_backfill_dagster.settings import SettingsError
+from ledger_backfill_dagster.lib.errors import SettingsError
+from ledger_backfill_dagster.lib.http_client import JsonHttpClient, MalformedPageError
 from ledger_backfill_dagster.sources.api import (
     VALUE_READING,
     Page,
@@ -39,7 +40,6 @@ from ledger_backfill_dagster.sources.api import (
     field_text,
     utc_iso,
 )
-from ledger_backfill_dagster.sources.http_client import JsonHttpClient, MalformedPageError
 
 # SCB entry field → the contract's field.
 SCB_FIELDS = {

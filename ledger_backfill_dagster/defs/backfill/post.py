@@ -1,0 +1,318 @@
+"""Stage 4, Batch Processor + Ledger Posting Module: post each partition exactly once."""
+
+import gc
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
+
+import dagster as dg
+import pandas as pd
+import psycopg
+
+from ledger_backfill_dagster.defs.backfill.common import GROUP, POOL, partition_table, stage
+from ledger_backfill_dagster.defs.backfill.validate import validated_entries
+from ledger_backfill_dagster.defs.partitions import daily_partitions
+from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
+from ledger_backfill_dagster.ledger.errors import PausedError, PostingError
+from ledger_backfill_dagster.ledger.posting import (
+    BatchStats,
+    PartitionPlan,
+    PostingOptions,
+    PostingOutcome,
+    PostingSessions,
+    pause_requested,
+    post_partition,
+)
+from ledger_backfill_dagster.lib.redaction import redact
+from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.stage_store import StageStore, arrow_text
+
+REJECTS_BY_PARTITION = """
+SELECT partition_key, count(*) FROM ledger_backfill_rejects
+ WHERE source_id = %s AND partition_key = ANY(%s) GROUP BY partition_key
+"""
+
+
+class _Progress:
+    """Per-batch progress in the run's log: counts, rate, batch and checkpoint time, ETA."""
+
+    def __init__(self, context: dg.AssetExecutionContext, total: int) -> None:
+        self.context = context
+        self.total = total
+        self.done = 0
+        self.started = time.perf_counter()
+        self.last_logged = 0.0
+        self.lock = threading.Lock()
+
+    def skip(self, rows: int) -> None:
+        """A partition already COMPLETED: its rows are not work left, so not in the ETA."""
+        with self.lock:
+            self.total -= rows
+
+    def __call__(self, outcome: PostingOutcome, batch: BatchStats) -> None:
+        with self.lock:
+            self.done += batch.rows
+        now = time.perf_counter()
+        if now - self.last_logged < 2.0 and self.done < self.total:
+            return
+        self.last_logged = now
+        rate = self.done / max(now - self.started, 1e-9)
+        eta = (self.total - self.done) / rate if rate else 0.0
+        self.context.log.info(
+            f"{outcome.partition_key} batch {batch.batch}: {batch.rows} rows, {batch.posted} posted, "
+            f"{batch.duplicates} duplicates, {batch.conflicts} conflicts in {batch.seconds * 1000:.0f} ms "
+            f"(checkpoint {batch.checkpoint_seconds * 1000:.1f} ms) | run {self.done}/{self.total} "
+            f"at {rate:,.0f} entries/s, ETA {eta:,.0f} s"
+        )
+
+
+@dg.asset(
+    partitions_def=daily_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name=GROUP,
+    kinds={"postgres"},
+    deps=[validated_entries],
+    pool=POOL,
+    retry_policy=dg.RetryPolicy(
+        max_retries=2, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    ),
+)
+def posted_batches(
+    context: dg.AssetExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+) -> dg.MaterializeResult:
+    """Validated entries posted to the ledger, BATCH_SIZE per transaction.
+
+    Each batch posts set-based (entries, both balances, outbox rows) and advances its partition's
+    checkpoint in the same transaction. Re-running resumes after the last committed batch and
+    skips COMPLETED partitions (FORCE_REDO to redo). Identical repeats of a reference are skipped
+    as duplicates, changed ones held as conflicts; both are counted and queryable."""
+    s = stage(context, settings)
+    ledger_db.migrate()
+    run_started = datetime.now(UTC)
+    with ledger_db.connection() as conn:
+        rejected = dict(conn.execute(REJECTS_BY_PARTITION, (s.source.source_id, s.keys)).fetchall())
+
+    # Plans load their entries only when their partition is posted: a run's memory follows one
+    # partition (times PARALLEL_WORKERS), not the whole range.
+    def plan_for(key: str) -> PartitionPlan:
+        return PartitionPlan(
+            source_id=s.source.source_id,
+            source_type=s.source.source_type,
+            partition_key=key,
+            run_id=s.run_id,
+            entries=_validated_entries(s.store, s.source.source_key, key),
+            rejected=int(rejected.get(key, 0)),
+        )
+
+    options = PostingOptions(
+        batch_size=settings.batch_size,
+        skip_duplicates=settings.skip_duplicates,
+        validate_balances=settings.validate_balances,
+        checkpoint_interval=settings.checkpoint_interval,
+        max_retries=settings.max_retries,
+        retry_delay_ms=settings.retry_delay_ms,
+        force_redo=settings.force_redo,
+    )
+    progress = _Progress(
+        context, sum(s.store.row_count(s.source.source_key, "validated", k) for k in s.keys)
+    )
+    probe = pause_requested(run_started, s.source.source_id)
+    stop = threading.Event()  # set on Terminate: every partition stops after its current batch
+
+    # One verifier for the run: each account is summed in full once, then checked from there
+    # (ledger/balance_check.py). Connections are reused from partition to partition.
+    verifier = BalanceVerifier()
+    sessions = PostingSessions(ledger_db.connect)
+    collector = _Collector()
+
+    def post(key: str) -> PostingOutcome:
+        outcome = post_partition(
+            ledger_db.connect, plan_for(key), options, probe, progress, stop, sessions, verifier
+        )
+        if outcome.skipped:
+            progress.skip(outcome.to_process)
+        collector.after(outcome.to_process)
+        return outcome
+
+    with sessions:
+        outcomes = _post_all(s.keys, post, settings.parallel_workers, stop)
+    context.log.info(
+        f"balance checks: {verifier.full_checks} account(s) summed in full, "
+        f"{verifier.incremental_checks} checked incrementally"
+    )
+    # Each partition's materialization carries its own numbers (same keys as the run's totals,
+    # which they override), so the UI's plots show them across partitions, not the run's sums.
+    for outcome in outcomes:
+        context.add_asset_metadata(partition_metadata(outcome), partition_key=outcome.partition_key)
+    return dg.MaterializeResult(metadata=_metadata(outcomes))
+
+
+def _validated_entries(store: StageStore, source_key: str, key: str) -> pd.DataFrame:
+    """A partition's validated entries with Arrow-backed text: read 4× faster and held in a
+    quarter of the memory of Python strings (measured on a 33k-row day: 27 → 7 MB), which is
+    what a 333k-row day of a 10M-entry source needs. The plan digest hashes the same values
+    either way."""
+    return store.read_table(source_key, "validated", key).to_pandas(types_mapper=arrow_text)
+
+
+class _Collector:
+    """A full garbage collection after every ~200,000 rows posted.
+
+    pandas and pyarrow objects form reference cycles that only a generation-2 collection frees,
+    and Python runs those less often as the heap grows: measured on 1M entries, RSS climbed to
+    684 MiB without, and stayed at ~277 MiB with a collection after each partition. Collecting
+    by rows rather than by partition keeps 1,096 small partitions from paying it 1,096 times."""
+
+    EVERY_ROWS = 200_000
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.lock = threading.Lock()
+
+    def after(self, rows: int) -> None:
+        with self.lock:
+            self.rows += rows
+            due = self.rows >= self.EVERY_ROWS
+            if due:
+                self.rows = 0
+        if due:
+            gc.collect()
+
+
+def partition_metadata(o: PostingOutcome) -> dict[str, dg.MetadataValue]:
+    """One partition's posting numbers: counts, rate, batch and checkpoint times."""
+    batches = o.batches
+    rows = sum(b.rows for b in batches)
+    return {
+        "dagster/row_count": dg.MetadataValue.int(o.posted + o.already_posted),
+        "status": dg.MetadataValue.text(o.status),
+        "skipped_completed": dg.MetadataValue.bool(o.skipped),
+        "processed": dg.MetadataValue.int(rows),
+        "posted": dg.MetadataValue.int(o.posted),
+        "already_posted": dg.MetadataValue.int(o.already_posted),
+        "failed": dg.MetadataValue.int(o.conflicts),
+        "duplicates": dg.MetadataValue.int(o.duplicates),
+        "conflicts": dg.MetadataValue.int(o.conflicts),
+        "rejected": dg.MetadataValue.int(o.rejected),
+        "batches": dg.MetadataValue.int(len(batches)),
+        "seconds": dg.MetadataValue.float(round(o.seconds, 3)),
+        "entries_per_second": dg.MetadataValue.float(round(o.entries_per_second, 1)),
+        "mean_batch_ms": dg.MetadataValue.float(
+            round(1000 * sum(b.seconds for b in batches) / len(batches), 2) if batches else 0.0
+        ),
+        "max_batch_ms": dg.MetadataValue.float(
+            round(1000 * max(b.seconds for b in batches), 2) if batches else 0.0
+        ),
+        "mean_checkpoint_ms": dg.MetadataValue.float(
+            round(1000 * sum(b.checkpoint_seconds for b in batches) / len(batches), 3)
+            if batches
+            else 0.0
+        ),
+        "transient_retries": dg.MetadataValue.int(o.retries),
+    }
+
+
+def _post_all(
+    keys: list[str],
+    post: Callable[[str], PostingOutcome],
+    workers: int,
+    stop: threading.Event | None = None,
+) -> list[PostingOutcome]:
+    try:
+        if workers <= 1:
+            try:
+                return [post(key) for key in keys]
+            except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as exc:
+                # Between partitions; inside one, the poster turns it into PausedError itself.
+                raise PausedError("interrupted (run terminated); re-run to resume") from exc
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") as pool:
+            futures = [pool.submit(post, key) for key in keys]
+            try:
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException as exc:  # Terminate / Ctrl-C land in this thread, not a worker's
+                if stop is not None:
+                    stop.set()
+                for future in futures:
+                    future.cancel()
+                wait(futures)
+                raise PausedError(
+                    "interrupted (run terminated): partitions in flight stopped after their "
+                    "current batch; re-run to resume"
+                ) from exc
+            for future in pending:
+                future.cancel()
+            return [f.result() for f in futures if not f.cancelled()]
+    except PausedError as exc:
+        raise dg.Failure(description=f"PAUSED: {exc}", allow_retries=False) from exc
+    except PostingError as exc:
+        raise dg.Failure(description=redact(str(exc)), allow_retries=False) from exc
+    except psycopg.Error as exc:
+        # Transient errors already retried MAX_RETRIES times per batch; the step's RetryPolicy
+        # tries once more from the checkpoint. The message is redacted: it may name the server.
+        raise dg.Failure(
+            description=f"database error: {redact(str(exc))}", allow_retries=True
+        ) from exc
+
+
+def _metadata(outcomes: list[PostingOutcome]) -> dict[str, dg.MetadataValue]:
+    total_rows = sum(sum(b.rows for b in o.batches) for o in outcomes)
+    seconds = sum(o.seconds for o in outcomes)
+    batches = [b for o in outcomes for b in o.batches]
+    return {
+        "dagster/row_count": dg.MetadataValue.int(
+            sum(o.posted + o.already_posted for o in outcomes)
+        ),
+        "posted": dg.MetadataValue.int(sum(o.posted for o in outcomes)),
+        "already_posted": dg.MetadataValue.int(sum(o.already_posted for o in outcomes)),
+        "duplicates": dg.MetadataValue.int(sum(o.duplicates for o in outcomes)),
+        "conflicts": dg.MetadataValue.int(sum(o.conflicts for o in outcomes)),
+        "rejected": dg.MetadataValue.int(sum(o.rejected for o in outcomes)),
+        "partitions_skipped_completed": dg.MetadataValue.int(sum(o.skipped for o in outcomes)),
+        "batches": dg.MetadataValue.int(len(batches)),
+        "entries_per_second": dg.MetadataValue.float(
+            round(total_rows / seconds, 1) if seconds else 0.0
+        ),
+        "mean_batch_ms": dg.MetadataValue.float(
+            round(1000 * sum(b.seconds for b in batches) / len(batches), 2) if batches else 0.0
+        ),
+        "mean_checkpoint_ms": dg.MetadataValue.float(
+            round(1000 * sum(b.checkpoint_seconds for b in batches) / len(batches), 3)
+            if batches
+            else 0.0
+        ),
+        "transient_retries": dg.MetadataValue.int(sum(o.retries for o in outcomes)),
+        **partition_table(
+            [o.partition_key for o in outcomes],
+            "by_partition",
+            [
+                {
+                    "partition": o.partition_key,
+                    "status": o.status,
+                    "skipped": o.skipped,
+                    "resumed_after_row": o.resumed_after,
+                    "posted": o.posted,
+                    "already_posted": o.already_posted,
+                    "duplicates": o.duplicates,
+                    "conflicts": o.conflicts,
+                    "rejected": o.rejected,
+                    "seconds": round(o.seconds, 3),
+                }
+                for o in outcomes[:500]
+            ],
+            [
+                "partition",
+                "status",
+                "skipped",
+                "resumed_after_row",
+                "posted",
+                "already_posted",
+                "duplicates",
+                "conflicts",
+                "rejected",
+                "seconds",
+            ],
+        ),
+    }

@@ -1,0 +1,65 @@
+"""The stalled-backfill alert hook: a webhook, off by default.
+
+With STALL_ALERT_WEBHOOK_URL set (a Slack incoming webhook, or any endpoint that accepts
+`{"text": ...}` JSON, e.g. an e-mail relay), the sensor POSTs one message per newly stalled
+partition set. The URL is a secret (Slack's carry a token): it reaches the sensor through
+`dg.EnvVar` and is never logged; failures are reported without it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+import httpx
+from pydantic import Field
+
+from ledger_backfill_dagster.lib.errors import TransientError
+from ledger_backfill_dagster.lib.redaction import redact
+
+
+class AlertDeliveryError(TransientError, RuntimeError):
+    """The webhook did not accept the alert (the message never contains the URL)."""
+
+
+class StallAlertHook(dg.ConfigurableResource):
+    """Where stalled-backfill alerts go besides the UI: a webhook, off unless configured.
+
+    Slack: create an incoming webhook and set STALL_ALERT_WEBHOOK_URL to it. E-mail: point it at
+    any relay that accepts `{"text": ...}` JSON, or use Dagster's own e-mail sensors.
+    """
+
+    webhook_url: str | None = Field(
+        default=None,
+        description="STALL_ALERT_WEBHOOK_URL, given as an EnvVar (a secret). Unset: no alert leaves the UI.",
+    )
+    timeout_seconds: float = Field(default=10.0)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook_url)
+
+    def send(self, text: str) -> bool:
+        """POST `{"text": text}`; returns False when the hook is off. Never shows the URL."""
+        if not self.webhook_url:
+            return False
+        try:
+            response = httpx.post(
+                self.webhook_url, json={"text": text}, timeout=self.timeout_seconds
+            )
+        except httpx.HTTPError as exc:
+            raise AlertDeliveryError(f"alert webhook unreachable: {type(exc).__name__}") from None
+        if response.status_code >= 300:
+            raise AlertDeliveryError(f"alert webhook answered HTTP {response.status_code}")
+        return True
+
+
+def alert_hook_from_env() -> StallAlertHook:
+    """The hook for the code location: the URL stays an EnvVar reference, resolved in the daemon."""
+    if os.environ.get("STALL_ALERT_WEBHOOK_URL"):
+        return StallAlertHook(webhook_url=dg.EnvVar("STALL_ALERT_WEBHOOK_URL"))
+    return StallAlertHook()
+
+
+def safe_error(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {exc}")
