@@ -1,0 +1,335 @@
+"""The UI end to end: the real `dagster dev` (webserver + daemon) on 127.0.0.1, a partition backfill
+launched through GraphQL, and what a person then sees: per-partition materializations with their
+metadata, the asset checks, the status table, and a stalled partition failing its check.
+
+The ledger and Dagster's instance storage live in this test's database, reached as a login role
+with a known password: nothing the webserver serves or prints may contain it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+import pytest
+
+from ledger_backfill_dagster.sources.generate import generate
+from ledger_backfill_dagster_tests.support.helpers import assert_ledger_invariants
+from ledger_backfill_dagster_tests.support.pg_roles import login_role, unique_prefix
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "Ui-e2e-S3cret-7f1c9a"
+STAGES = [
+    "extracted_source",
+    "transformed_entries",
+    "validated_entries",
+    "posted_batches",
+    "reconciliation_report",
+]
+DAYS = ["2024-01-01", "2024-01-02", "2024-01-03"]
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dagster:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+        self.responses: list[str] = []  # every GraphQL answer, searched for the secret later
+
+    def gql(self, query: str, variables: dict | None = None) -> dict:
+        response = httpx.post(
+            f"http://127.0.0.1:{self.port}/graphql",
+            json={"query": query, "variables": variables or {}},
+            timeout=60,
+        )
+        response.raise_for_status()
+        self.responses.append(response.text)
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def wait_for(self, what: str, probe, timeout: float, every: float = 2.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = probe()
+            if value:
+                return value
+            time.sleep(every)
+        tail = self.log.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"timed out waiting for {what}; dagster dev log tail:\n{tail}")
+
+
+@pytest.fixture
+def secret_url(database_url: str, pg_admin_url: str) -> Iterator[str]:
+    with login_role(
+        database_url, pg_admin_url, f"{unique_prefix()}ui", SECRET, owns_database=True
+    ) as url:
+        yield url
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path, secret_url: str) -> Iterator[Dagster]:
+    data = generate(tmp_path / "data", entries=1800, days=3, accounts=20, start=date(2024, 1, 1))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DAGSTER_PG_URL", "BACKFILL_SOURCE_ID", "REPORTS_DIR", "FORCE_REDO"}
+    }
+    env.update(
+        DAGSTER_HOME=str(home),
+        DATABASE_URL=secret_url,
+        LEDGER_BACKFILL_HOME=str(tmp_path / "state"),
+        BACKFILL_START_DATE="2024-01-01",
+        BACKFILL_SOURCE_FILE=str(data.entries_file),
+        ACCOUNTS_FILE=str(data.accounts_file),
+        BATCH_SIZE="250",
+        STALL_SENSOR_INTERVAL_SECONDS="3",
+        PYTHONUNBUFFERED="1",
+    )
+    log = tmp_path / "dagster_dev.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "dagster"),
+                "dev",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-m",
+                "ledger_backfill_dagster.definitions",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    dagster = Dagster(port, log)
+    try:
+
+        def up() -> bool:
+            assert process.poll() is None, log.read_text(errors="replace")[-4000:]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=2).is_success
+            except httpx.HTTPError:
+                return False
+
+        dagster.wait_for("the webserver", up, timeout=180, every=1.0)
+        dagster.pid = process.pid  # type: ignore[attr-defined]
+        yield dagster
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the whole group (webserver, daemon, code servers), then SIGKILL what is left."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
+
+
+LAUNCH = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}"""
+BACKFILL = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status runs(limit: 20) { runId status } }
+  }
+}"""
+MATERIALIZATIONS = """
+query($key: AssetKeyInput!) {
+  assetOrError(assetKey: $key) {
+    ... on Asset {
+      assetMaterializations(limit: 50) {
+        partition runId
+        metadataEntries {
+          label
+          ... on IntMetadataEntry { intValue }
+          ... on FloatMetadataEntry { floatValue }
+          ... on BoolMetadataEntry { boolValue }
+          ... on TextMetadataEntry { text }
+          ... on TableMetadataEntry { table { records } }
+        }
+      }
+    }
+  }
+}"""
+CHECKS = """
+query($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks { name executionForLatestMaterialization { status evaluation { description } } }
+        }
+      }
+    }
+  }
+}"""
+CHECK_EXECUTIONS = """
+query($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 5) {
+    status evaluation { severity description }
+  }
+}"""
+RUN = """
+query($id: ID!) {
+  runOrError(runId: $id) { ... on Run { runConfigYaml tags { key value } } }
+  logsForRun(runId: $id, limit: 5000) {
+    ... on EventConnection { events { __typename ... on MessageEvent { message } } }
+  }
+}"""
+INSTANCE = "query { instance { info runLauncher { name } } }"
+
+
+def _metadata(materialization: dict) -> dict:
+    values = {}
+    for entry in materialization["metadataEntries"]:
+        for field in ("intValue", "floatValue", "boolValue", "text", "table"):
+            if field in entry:
+                values[entry["label"]] = entry[field]
+    return values
+
+
+def test_partition_backfill_through_the_ui(dagster_dev: Dagster, database_url: str) -> None:
+    # The webserver listens on loopback only.
+    listening = {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == dagster_dev.port
+    }
+    assert listening == {"127.0.0.1"}
+
+    started = time.monotonic()
+    launched = dagster_dev.gql(
+        LAUNCH,
+        {
+            "params": {
+                "partitionNames": DAYS,
+                "assetSelection": [{"path": [key]} for key in STAGES],
+                "fromFailure": False,
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    def finished():
+        backfill = dagster_dev.gql(BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+        return backfill if backfill["status"] not in {"REQUESTED", "CANCELING"} else None
+
+    backfill = dagster_dev.wait_for("the backfill", finished, timeout=420, every=3)
+    elapsed = time.monotonic() - started
+    assert backfill["status"] in {"COMPLETED_SUCCESS", "COMPLETED"}, backfill
+    assert [r["status"] for r in backfill["runs"]] == ["SUCCESS"]  # one single-run backfill
+    print(f"backfill of {len(DAYS)} partitions through the UI took {elapsed:.1f} s")
+
+    # Every stage materialized every partition; posting metadata is per partition.
+    with psycopg.connect(database_url) as conn:
+        per_day = dict(
+            conn.execute(
+                "SELECT backfill_partition, count(*) FROM ledger_entries GROUP BY 1"
+            ).fetchall()
+        )
+        assert_ledger_invariants(conn)
+    assert sum(per_day.values()) == 1800
+    for key in STAGES:
+        found = dagster_dev.gql(MATERIALIZATIONS, {"key": {"path": [key]}})["assetOrError"]
+        assert sorted(m["partition"] for m in found["assetMaterializations"]) == DAYS, key
+    posted = dagster_dev.gql(MATERIALIZATIONS, {"key": {"path": ["posted_batches"]}})
+    for materialization in posted["assetOrError"]["assetMaterializations"]:
+        md = _metadata(materialization)
+        assert md["posted"] == md["processed"] == per_day[materialization["partition"]]
+        assert md["entries_per_second"] > 0 and md["mean_checkpoint_ms"] > 0
+        assert md["batches"] == -(-per_day[materialization["partition"]] // 250)
+    report = dagster_dev.gql(MATERIALIZATIONS, {"key": {"path": ["reconciliation_report"]}})
+    assert all(_metadata(m)["reconciles"] for m in report["assetOrError"]["assetMaterializations"])
+
+    # Asset checks on the backfill's assets, whichever exist, all pass.
+    evaluated = {}
+    for key in STAGES:
+        node = dagster_dev.gql(CHECKS, {"key": {"path": [key]}})["assetNodeOrError"]
+        for check in node["assetChecksOrError"].get("checks", []):
+            execution = check["executionForLatestMaterialization"]
+            evaluated[f"{key}:{check['name']}"] = execution and execution["status"]
+    assert all(status == "SUCCEEDED" for status in evaluated.values()), evaluated
+    print(f"asset checks seen through the UI: {sorted(evaluated)}")
+
+    # The sensor keeps the status table current: every partition COMPLETED.
+    def status_recorded():
+        found = dagster_dev.gql(MATERIALIZATIONS, {"key": {"path": ["backfill_status"]}})
+        for m in found["assetOrError"]["assetMaterializations"]:
+            if _metadata(m).get("partitions_completed") == 3:
+                return m
+        return None
+
+    status = dagster_dev.wait_for("the status table", status_recorded, timeout=60)
+    assert _metadata(status)["partitions_stalled"] == 0
+
+    # A stalled partition: the sensor fails the no_stalled_backfills check a person sees.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO ledger_backfill_checkpoints (source_id, source_type, partition_key,"
+            " status, total_to_process, total_processed, started_at, last_checkpoint_at)"
+            " VALUES ('/elsewhere/stuck.csv', 'CSV', '2024-01-09', 'IN_PROGRESS', 100, 10,"
+            " NOW()::timestamp - interval '3 hours', NOW()::timestamp - interval '2 hours')"
+        )
+
+    def check_failed():
+        executions = dagster_dev.gql(
+            CHECK_EXECUTIONS,
+            {"key": {"path": ["backfill_status"]}, "check": "no_stalled_backfills"},
+        )["assetCheckExecutions"]
+        return executions and executions[0]["status"] == "FAILED" and executions[0]
+
+    failed = dagster_dev.wait_for("the stall check to fail", check_failed, timeout=90)
+    assert "2024-01-09" in failed["evaluation"]["description"]
+    assert failed["evaluation"]["severity"] == "ERROR"
+
+    # The password in DATABASE_URL appears nowhere the UI or the process shows.
+    run = dagster_dev.gql(RUN, {"id": backfill["runs"][0]["runId"]})
+    assert run["logsForRun"]["events"]
+    dagster_dev.gql(INSTANCE)
+    for text in dagster_dev.responses:
+        assert SECRET not in text
+    assert SECRET not in dagster_dev.log.read_text(errors="replace")
