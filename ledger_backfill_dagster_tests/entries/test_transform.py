@@ -43,7 +43,7 @@ from ledger_backfill_dagster.sources.csv_reader import (
 )
 from ledger_backfill_dagster.sources.csv_source import CsvSource
 from ledger_backfill_dagster.sources.layout import LayoutError, detect_layout, load_column_map
-from ledger_backfill_dagster_tests import test_contract_corpus as corpus
+from ledger_backfill_dagster_tests.entries import test_contract_corpus as corpus
 
 RULES = TransformRules(
     default_ledger_id="CORPUS",

@@ -38,8 +38,8 @@ from ledger_backfill_dagster.lib.http_client import MalformedPageError, WrittenN
 from ledger_backfill_dagster.resources.stage_store import staged_frame
 from ledger_backfill_dagster.sources.api import ApiSource, json_text
 from ledger_backfill_dagster.sources.scb import SCB_FIELDS
-from ledger_backfill_dagster_tests import parity_corpus as pc
 from ledger_backfill_dagster_tests.conftest import fresh_database
+from ledger_backfill_dagster_tests.support import parity_corpus as pc
 from ledger_backfill_dagster_tests.support.hardening_support import write_accounts
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
