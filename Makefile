@@ -53,9 +53,12 @@ ui: setup
 status: setup
 	$(BIN)/ledger-backfill status
 
+# Style, the layers (import-linter, contracts in pyproject.toml) and the types (mypy, strict defs).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff check --fix .
@@ -63,7 +66,7 @@ format: setup
 
 # The benchmark (benchmarks/README.md): make bench BENCH_ARGS="--rss-entries 2000000,10000000"
 bench: setup
-	$(BIN)/python benchmarks/run_benchmark.py $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(STATE) reports

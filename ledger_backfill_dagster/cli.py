@@ -12,7 +12,8 @@ import psycopg
 
 from ledger_backfill_dagster.lib.env import check_range
 from ledger_backfill_dagster.lib.errors import SettingsError
-from ledger_backfill_dagster.lib.redaction import MalformedUrlError, redact
+from ledger_backfill_dagster.lib.redaction import MalformedUrlError, check_secret_settings, redact
+from ledger_backfill_dagster.lib.sql_files import query
 from ledger_backfill_dagster.lib.user_files import UserFileError
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 
@@ -48,11 +49,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     """The seed's monitoring queries: progress, stalled partitions, completion (monitoring.py)."""
     from ledger_backfill_dagster.ledger.status import read_status, schema_missing, status_text
-    from ledger_backfill_dagster.resources.settings import stall_threshold_seconds
+    from ledger_backfill_dagster.resources.settings import MonitoringSettings
 
     if args.stall_seconds is not None:
         check_range("STALL_THRESHOLD_SECONDS", args.stall_seconds)  # --stall-seconds stands for it
-    stall = args.stall_seconds if args.stall_seconds is not None else stall_threshold_seconds()
+        stall = args.stall_seconds
+    else:
+        stall = MonitoringSettings.from_env().stall_threshold_seconds
     # Read-only (no migration), so the least-privilege reader role can watch.
     with _database().connection() as conn:
         try:
@@ -85,11 +88,7 @@ def cmd_roles(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace) -> int:
     with _database().connection() as conn:
-        conn.execute(
-            "INSERT INTO ledger_backfill_pause_requests (source_id, requested_by) VALUES (%s, %s)"
-            " ON CONFLICT (source_id) DO UPDATE SET requested_at = now(), requested_by = EXCLUDED.requested_by",
-            (args.source or "*", "cli"),
-        )
+        conn.execute(query("posting/request_pause"), (args.source or "*", "cli"))
         conn.commit()
     print(
         f"pause requested for {args.source or 'all sources'}: running backfills stop after their current batch"
@@ -114,11 +113,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
     """Reconcile the ledger for a source's partitions and print the report (used by make demo)."""
     from ledger_backfill_dagster.ledger.reconcile import reconcile_source
     from ledger_backfill_dagster.ledger.reports import summary_markdown
-    from ledger_backfill_dagster.resources.settings import BackfillSettings
-    from ledger_backfill_dagster.resources.source_registry import make_source
+    from ledger_backfill_dagster.resources.settings import SourceSettings
     from ledger_backfill_dagster.resources.stage_store import StageStore
 
-    source = make_source(BackfillSettings.from_env())
+    check_secret_settings()  # as the code location does when it loads
+    source = SourceSettings.from_env().reader()
     store = StageStore.default()
     folder = store.root / source.source_key / "extracted"
     keys = sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []

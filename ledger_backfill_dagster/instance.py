@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import create_pg_engine
@@ -42,6 +44,10 @@ from sqlalchemy.engine import URL, make_url
 
 from ledger_backfill_dagster.lib.embedded_postgres import DAGSTER_DATABASE, embedded_server_uri
 from ledger_backfill_dagster.lib.redaction import check_postgres_url, without_driver
+
+if TYPE_CHECKING:
+    # Dagster's own name for a configurable class's data (dagster-postgres types it so too).
+    from dagster._serdes import ConfigurableClassData
 
 EVENT_BATCH_SIZE = "1000"
 
@@ -96,7 +102,7 @@ class LedgerInstanceStorage(DagsterPostgresStorage):
     """dagster-postgres storage whose URL comes from the environment or the embedded server,
     with pooled connections."""
 
-    def __init__(self, postgres_url: str, inst_data=None) -> None:
+    def __init__(self, postgres_url: str, inst_data: ConfigurableClassData | None = None) -> None:
         super().__init__(postgres_url, inst_data=inst_data)
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
         for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
@@ -116,5 +122,7 @@ class LedgerInstanceStorage(DagsterPostgresStorage):
         return {}
 
     @classmethod
-    def from_config_value(cls, inst_data, config_value) -> LedgerInstanceStorage:
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, object]
+    ) -> LedgerInstanceStorage:
         return cls(instance_postgres_url(), inst_data=inst_data)

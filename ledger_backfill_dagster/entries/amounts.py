@@ -40,6 +40,12 @@ NOT_A_CURRENCY = -2
 _PARTS = r"^0*(?P<whole>[0-9]+?)(?:\.(?P<fraction>[0-9]*?)0*)?$"
 
 
+def object_values(values: pd.Series) -> np.ndarray:
+    """The values as a NumPy object array, a missing value as None."""
+    # pandas takes na_value=None; pandas-stubs 2.3 types na_value as a scalar without None.
+    return values.to_numpy(dtype=object, na_value=None)  # type: ignore[call-overload]
+
+
 def _flag(values: pd.Series) -> pd.Series:
     return values.fillna(False).astype(bool)
 
@@ -184,7 +190,7 @@ def from_minor_units(minor: pd.Series, currency: pd.Series) -> pd.Series:
                 whole, pc.utf8_slice_codeunits(padded, -int(places)), pa.scalar(".", whole.type)
             )
         values[group] = text.to_numpy(zero_copy_only=False)
-    result = out.to_numpy(dtype=object, na_value=None)
+    result = object_values(out)
     result[rows] = values
     return pd.Series(pd.array(result, dtype="string[pyarrow]"), index=minor.index)
 

@@ -9,6 +9,8 @@ currencies, the credit amount, the metadata verdict); it never decides validity 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
@@ -68,7 +70,8 @@ StringSeries = Series[pd.StringDtype]
 ARROW_STRING = pd.StringDtype("pyarrow")
 
 
-def _text(nullable: bool = False) -> object:
+# Any, as pandera's own Field returns: the field object stands in for the column's annotation.
+def _text(nullable: bool = False) -> Any:
     return pa.Field(nullable=nullable, dtype_kwargs={"storage": "pyarrow", "na_value": pd.NA})
 
 

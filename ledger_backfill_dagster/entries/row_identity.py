@@ -29,7 +29,11 @@ from decimal import Context, Decimal
 import numpy as np
 import pandas as pd
 
-from ledger_backfill_dagster.entries.amounts import PLAIN_DECIMAL, from_minor_units
+from ledger_backfill_dagster.entries.amounts import (
+    PLAIN_DECIMAL,
+    from_minor_units,
+    object_values,
+)
 
 # An ISO 8601 text that states its own offset (Z, ±hh, ±hhmm, ±hh:mm) names an instant; any
 # other is a local time whose instant depends on SOURCE_TIMEZONE.
@@ -130,7 +134,7 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
                     ledger[i],
                     columns["debit"][i].strip(),
                     columns["credit"][i].strip(),
-                    by_minor.get(i) or _value(columns["amount"][i].strip()),
+                    by_minor.get(int(i)) or _value(columns["amount"][i].strip()),
                     columns["currency"][i].strip().upper(),
                     columns["asset"][i].strip().lower(),
                     columns["type"][i].strip(),
@@ -173,9 +177,7 @@ def _minor_only_amounts(staged: pd.DataFrame, rows: np.ndarray) -> dict[int, str
     raw = minor[only_minor].to_numpy(dtype=object)
     return {
         int(row): _value(value) if isinstance(value, str) else "minor:" + text
-        for row, value, text in zip(
-            rows[only_minor], values.to_numpy(dtype=object, na_value=None), raw, strict=True
-        )
+        for row, value, text in zip(rows[only_minor], object_values(values), raw, strict=True)
     }
 
 

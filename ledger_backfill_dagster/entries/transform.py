@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Context, Decimal, InvalidOperation
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from ledger_backfill_dagster.entries.amounts import (
     from_minor_units,
     integer_digits,
     normalized,
+    object_values,
 )
 from ledger_backfill_dagster.entries.contract import (
     MAX_INTEGER_DIGITS,
@@ -138,7 +140,7 @@ def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
     positions = np.flatnonzero(out["reference_generated"].to_numpy())
     if len(positions):
         out["reference_id"] = out["reference_id"].astype(object)
-        out.iloc[positions, out.columns.get_loc("reference_id")] = generated_references(
+        out.iloc[positions, _position(out, "reference_id")] = generated_references(
             out.iloc[positions]
         )
         out["reference_id"] = out["reference_id"].astype("string")
@@ -147,14 +149,22 @@ def transform(staged: pd.DataFrame, rules: TransformRules) -> pd.DataFrame:
     out["source_row_occurrence"] = pd.array(occurrence, dtype="Int64")
     repeats = np.flatnonzero(out["reference_generated"].to_numpy() & (occurrence > 1))
     if len(repeats):  # identical rows without a reference are distinct payments: distinct ids
-        column = out.columns.get_loc("reference_id")
-        out.iloc[repeats, column] = [
+        position = _position(out, "reference_id")
+        out.iloc[repeats, position] = [
             nth_occurrence_reference(reference, int(k))
             for reference, k in zip(
                 out["reference_id"].to_numpy()[repeats], occurrence[repeats], strict=True
             )
         ]
     return out
+
+
+def _position(frame: pd.DataFrame, column: str) -> int:
+    """The position of one of the frame's columns (their names are unique)."""
+    position = frame.columns.get_loc(column)
+    if not isinstance(position, int):
+        raise TypeError(f"column {column!r} is not unique")
+    return position
 
 
 def _amounts(staged: pd.DataFrame, currency: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
@@ -202,8 +212,8 @@ def _metadata(staged: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     # Only escapes can smuggle in text JSONB refuses, so only escaped text is searched for it.
     text_escaped = _flag(text.str.contains("\\u", regex=False)).to_numpy()
     extras_escaped = _flag(extras.str.contains("\\u", regex=False)).to_numpy()
-    own = text.to_numpy(dtype=object, na_value=None)
-    folded = extras.to_numpy(dtype=object, na_value=None)
+    own = object_values(text)
+    folded = object_values(extras)
     parsed = [
         _row_metadata(
             own[row] if given[row] else None, text_escaped[row], folded[row], extras_escaped[row]
@@ -238,6 +248,7 @@ def _row_metadata(
         return pd.NA, problem
     if document is None:
         return extras, pd.NA
+    assert columns is not None  # _parse_object gives an object wherever it names no problem
     columns.update(document)
     try:
         return exact_json.dumps(columns), pd.NA
@@ -312,7 +323,8 @@ def _credit_amounts(out: pd.DataFrame) -> pd.Series:
     positions = np.flatnonzero(crossing.to_numpy())
     if len(positions):
         rows = out.iloc[positions][["amount", "fx_rate", "credit_account_currency"]]
-        credit.iloc[positions] = pd.array(
+        # pandas takes an ExtensionArray here; pandas-stubs 2.3 only a Series or a scalar.
+        credit.iloc[positions] = pd.array(  # type: ignore[call-overload]
             [
                 _convert(amount, rate, currency)
                 for amount, rate, currency in rows.itertuples(index=False)
@@ -408,10 +420,11 @@ def _json_iso_timestamps(values: pd.Series) -> np.ndarray:
     return np.where(np.isnat(raw), '""', '"' + text + '+00:00"').astype(object)
 
 
-def generated_reference(row: object) -> str:
+def generated_reference(row: Any) -> str:
     """A reference id derived only from the row's content, so the same row always gets the same
     id and a re-run posts nothing twice. Prefixed BACKFILL- like the seed's examples. This is
-    the definition; `generated_references` computes the same for a whole frame."""
+    the definition; `generated_references` computes the same for a whole frame. `row` is any
+    row with the entry's fields as attributes (a frame's `itertuples()` row, a Series)."""
     fields = [
         row.ledger_id,
         row.debit_account_id,

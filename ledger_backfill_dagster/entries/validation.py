@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pandera.api.checks import Check
 from pandera.engines import pandas_engine
 
 from ledger_backfill_dagster.entries.contract import (
@@ -60,7 +61,7 @@ def _passed(output: object, index: pd.Index) -> np.ndarray:
     return output.fillna(False).astype(bool).to_numpy()
 
 
-def _frame_check_passed(check: object, frame: pd.DataFrame) -> np.ndarray:
+def _frame_check_passed(check: Check, frame: pd.DataFrame) -> np.ndarray:
     """A dataframe-wide check's verdict for every row. Its function is called as Pandera's
     backend calls it (`apply_table`), and a row passes where Pandera passes it (Pandera also
     passes a row whose every column is missing: never one of ours, `source_row_id` is never
@@ -145,7 +146,7 @@ def split(transformed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     rejects = pd.DataFrame(
         {
             "source_row_id": transformed.loc[bad, "source_row_id"].astype("int64").to_numpy(),
-            "reasons": [_with_detail(reasons[i], details[i]) for i in np.flatnonzero(bad)],
+            "reasons": [_with_detail(reasons[int(i)], details[i]) for i in np.flatnonzero(bad)],
         }
     )
     valid = transformed.loc[~bad, POSTABLE_COLUMNS] if bad.any() else transformed[POSTABLE_COLUMNS]

@@ -8,6 +8,7 @@ import psycopg
 
 from ledger_backfill_dagster.entries.currencies import is_currency
 from ledger_backfill_dagster.lib.env import FALSE_WORDS, TRUE_WORDS
+from ledger_backfill_dagster.lib.sql_files import query
 from ledger_backfill_dagster.lib.user_files import UserFileError, read_user_csv
 
 # Account types that may carry a negative balance (the ledger's own side of every entry).
@@ -67,26 +68,15 @@ def read_accounts_file(path: str, setting: str = "ACCOUNTS_FILE") -> list[Accoun
 def load_accounts(conn: psycopg.Connection, accounts: list[Account]) -> int:
     """Insert new accounts; refuse to change an existing account's currency. Returns inserts."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(
-            "CREATE TEMP TABLE incoming_accounts (id TEXT, currency_code TEXT,"
-            " allow_negative BOOLEAN, account_type TEXT) ON COMMIT DROP"
-        )
+        cur.execute(query("accounts/create_incoming"))
         with cur.copy("COPY incoming_accounts FROM STDIN") as copy:
             for a in accounts:
                 copy.write_row((a.id, a.currency_code, a.allow_negative, a.account_type))
-        clashes = cur.execute(
-            "SELECT i.id, b.currency_code, i.currency_code FROM incoming_accounts i"
-            " JOIN bank_accounts b ON b.id = i.id WHERE b.currency_code <> i.currency_code"
-            " ORDER BY i.id LIMIT 20"
-        ).fetchall()
+        clashes = cur.execute(query("accounts/currency_clashes")).fetchall()
         if clashes:
             shown = ", ".join(f"{a} is {old}, file says {new}" for a, old, new in clashes)
             raise AccountsFileError(f"ACCOUNTS_FILE changes existing currencies: {shown}")
-        cur.execute(
-            "INSERT INTO bank_accounts (id, currency_code, allow_negative, account_type)"
-            " SELECT id, currency_code, allow_negative, account_type FROM incoming_accounts"
-            " ORDER BY id ON CONFLICT (id) DO NOTHING"
-        )
+        cur.execute(query("accounts/insert_new"))
         return cur.rowcount
 
 

@@ -16,12 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ledger_backfill_dagster.lib.redaction import redact
-
-INSERT_AUDIT = """
-INSERT INTO ledger_backfill_audit_log (action, scope, details, reason, run_id, dry_run)
-VALUES (%s, %s, %s, %s, %s, %s)
-RETURNING id
-"""
+from ledger_backfill_dagster.lib.sql_files import query
 
 
 def _default(value: Any) -> Any:
@@ -49,7 +44,7 @@ def record(
 ) -> int:
     """Write one audit row in the caller's transaction; returns its id."""
     row = conn.execute(
-        INSERT_AUDIT,
+        query("maintenance/record_audit"),
         (
             action,
             as_json(scope),

@@ -54,7 +54,9 @@ def drifting_accounts(
     """(account, expected, stored, expected − stored) for every existing given account whose
     stored balance differs from the sum of all its entries, by account id: the full check, for
     rollback and corrections, which need the answer now and keep no verified state."""
-    rows = conn.execute(query("balance_check_full"), {"account_ids": account_ids}).fetchall()
+    rows = conn.execute(
+        query("reconcile/balance_check_full"), {"account_ids": account_ids}
+    ).fetchall()
     return [
         (account_id, expected, actual, expected - actual)
         for account_id, expected, actual, _ in rows
@@ -80,7 +82,7 @@ class BalanceVerifier:
         if known:
             ids = sorted(known)
             rows = conn.execute(
-                query("balance_check_since"),
+                query("reconcile/balance_check_since"),
                 {
                     "account_ids": ids,
                     "balances": [known[a].balance for a in ids],
@@ -92,7 +94,9 @@ class BalanceVerifier:
         drift: list[Drift] = []
         for_full = sorted(set(unknown) | set(suspects))
         if for_full:
-            rows = conn.execute(query("balance_check_full"), {"account_ids": for_full}).fetchall()
+            rows = conn.execute(
+                query("reconcile/balance_check_full"), {"account_ids": for_full}
+            ).fetchall()
             self.full_checks += len(rows)
             for account_id in self._record(rows):
                 expected, actual = next((r[1], r[2]) for r in rows if r[0] == account_id)

@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ledger_backfill_dagster.lib.redaction import redact
+from ledger_backfill_dagster.lib.sql_files import query
 
 IN_PROGRESS, COMPLETED, FAILED, PAUSED = "IN_PROGRESS", "COMPLETED", "FAILED", "PAUSED"
 
@@ -55,40 +56,15 @@ def open_checkpoint(
     """
     key = (source_id, source_type, partition_key)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            "INSERT INTO ledger_backfill_checkpoints (source_id, source_type, partition_key)"
-            " VALUES (%s, %s, %s) ON CONFLICT (source_id, source_type, partition_key) DO NOTHING",
-            key,
-        )
-        row = cur.execute(
-            "SELECT * FROM ledger_backfill_checkpoints"
-            " WHERE source_id = %s AND source_type = %s AND partition_key = %s FOR UPDATE",
-            key,
-        ).fetchone()
+        cur.execute(query("checkpoints/create"), key)
+        row = cur.execute(query("checkpoints/lock"), key).fetchone()
         assert row is not None
         same_plan = row["plan_digest"] == plan_digest
         if row["status"] == COMPLETED and same_plan and not force_redo:
             return _checkpoint(row), True
         restart = not same_plan or row["status"] == COMPLETED
         cur.execute(
-            """
-            UPDATE ledger_backfill_checkpoints
-               SET status = 'IN_PROGRESS', run_id = %(run_id)s, plan_digest = %(digest)s,
-                   total_to_process = %(to_process)s, total_rejected = %(rejected)s,
-                   error_message = NULL, completed_at = NULL, last_checkpoint_at = NOW(),
-                   started_at = CASE WHEN %(restart)s THEN NOW() ELSE started_at END,
-                   last_processed_id = CASE WHEN %(restart)s THEN NULL ELSE last_processed_id END,
-                   last_processed_timestamp = CASE WHEN %(restart)s THEN NULL
-                                                   ELSE last_processed_timestamp END,
-                   total_processed = CASE WHEN %(restart)s THEN 0 ELSE total_processed END,
-                   total_successful = CASE WHEN %(restart)s THEN 0 ELSE total_successful END,
-                   total_failed = CASE WHEN %(restart)s THEN 0 ELSE total_failed END,
-                   total_duplicates = CASE WHEN %(restart)s THEN 0 ELSE total_duplicates END,
-                   total_conflicts = CASE WHEN %(restart)s THEN 0 ELSE total_conflicts END,
-                   batches_committed = CASE WHEN %(restart)s THEN 0 ELSE batches_committed END
-             WHERE id = %(id)s
-         RETURNING *
-            """,
+            query("checkpoints/resume"),
             {
                 "run_id": run_id,
                 "digest": plan_digest,
@@ -110,10 +86,10 @@ def open_checkpoint(
                     ),
                     (source_id, partition_key),
                 )
+            # …and so are the rows the database refused at posting (stage 'post').
             cur.execute(
-                "DELETE FROM ledger_backfill_rejects"
-                " WHERE source_id = %s AND partition_key = %s AND stage = 'post'",
-                (source_id, partition_key),
+                query("rejects/clear_partitions"),
+                {"source_id": source_id, "stage": "post", "partition_keys": [partition_key]},
             )
         return _checkpoint(updated), False
 
@@ -135,26 +111,6 @@ def _checkpoint(row: dict) -> Checkpoint:
     )
 
 
-# Advance by one batch, in the batch's own transaction. Guarded by the last row the poster knows
-# was committed: when a COMMIT went through but its acknowledgement was lost (connection cut,
-# server restart) the retried batch finds the checkpoint already past it and updates nothing,
-# so the counters are never advanced twice (see posting.py).
-ADVANCE = """
-UPDATE ledger_backfill_checkpoints
-   SET last_processed_id = %(last_id)s,
-       last_processed_timestamp = %(last_ts)s,
-       total_processed = total_processed + %(processed)s,
-       total_successful = total_successful + %(successful)s,
-       total_failed = total_failed + %(conflicts)s,
-       total_duplicates = total_duplicates + %(duplicates)s,
-       total_conflicts = total_conflicts + %(conflicts)s,
-       batches_committed = batches_committed + 1,
-       last_checkpoint_at = NOW()
- WHERE id = %(id)s
-   AND last_processed_id IS NOT DISTINCT FROM %(previous_last_id)s
-"""
-
-
 def finish(
     conn: psycopg.Connection,
     checkpoint_id: int,
@@ -165,13 +121,7 @@ def finish(
     """Move a checkpoint to COMPLETED, FAILED or PAUSED (in its own transaction)."""
     with conn.transaction():
         conn.execute(
-            """
-            UPDATE ledger_backfill_checkpoints
-               SET status = %s, error_message = %s, last_checkpoint_at = NOW(),
-                   completed_at = CASE WHEN %s = 'COMPLETED' THEN NOW() ELSE NULL END,
-                   metadata = coalesce(metadata, '{}'::jsonb) || %s
-             WHERE id = %s
-            """,
+            query("checkpoints/finish"),
             (
                 status,
                 redact(message) if message else None,

@@ -107,7 +107,7 @@ def constraints_applied(conn: psycopg.Connection) -> bool:
 def find_violations(conn: psycopg.Connection, limit: int) -> tuple[list[dict], int]:
     """Accounts that 004's constraints would reject, with the rules each breaks, and the total."""
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("constraint_violations"), {"limit": limit}).fetchall()
+        rows = cur.execute(query("maintenance/constraint_violations"), {"limit": limit}).fetchall()
     total = int(rows[0]["total_violations"]) if rows else 0
     for row in rows:
         row.pop("total_violations")
@@ -117,12 +117,12 @@ def find_violations(conn: psycopg.Connection, limit: int) -> tuple[list[dict], i
 def find_drift(conn: psycopg.Connection, limit: int) -> list[dict]:
     """Accounts whose stored balance differs from the sum of their entries (the seed's 6.2)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query("balance_drift")).fetchmany(limit)
+        return cur.execute(query("reconcile/balance_drift")).fetchmany(limit)
 
 
 def installed_constraints(conn: psycopg.Connection) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query("balance_constraint_names")).fetchall()
+        return cur.execute(query("maintenance/balance_constraint_names")).fetchall()
 
 
 def drop_constraints(conn: psycopg.Connection) -> None:
@@ -140,14 +140,7 @@ def install(conn: psycopg.Connection) -> None:
     """Run 004 (it drops and re-adds each constraint, validating every row) and record it."""
     path = migration_path()
     conn.execute(path.read_text(encoding="utf-8"))
-    conn.execute(
-        """
-        INSERT INTO ledger_schema_migrations (version, name, checksum) VALUES (%s, %s, %s)
-        ON CONFLICT (version) DO UPDATE
-           SET name = EXCLUDED.name, checksum = EXCLUDED.checksum, applied_at = now()
-        """,
-        (MIGRATION_VERSION, path.name, checksum(path)),
-    )
+    conn.execute(query("schema/record_migration"), (MIGRATION_VERSION, path.name, checksum(path)))
 
 
 def verify_enforced(conn: psycopg.Connection) -> str:
@@ -172,11 +165,7 @@ def verify_enforced(conn: psycopg.Connection) -> str:
                     "UPDATE bank_accounts SET available_balance = -1 WHERE id = %s", (target[0],)
                 )
             else:  # no customer account yet: probe with a throw-away one instead
-                conn.execute(
-                    "INSERT INTO bank_accounts (id, currency_code, available_balance)"
-                    " VALUES (%s, 'XTS', -1)",
-                    (PROBE_ACCOUNT,),
-                )
+                conn.execute(query("maintenance/constraint_probe_account"), (PROBE_ACCOUNT,))
     except pgerrors.CheckViolation as exc:
         subject = f"account {target[0]}" if target is not None else "a probe account"
         return (

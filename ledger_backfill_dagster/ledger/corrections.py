@@ -90,11 +90,7 @@ def _ensure_suspense(
         "SELECT currency_code, allow_negative FROM bank_accounts WHERE id = %s", (account_id,)
     ).fetchone()
     if row is None:
-        conn.execute(
-            "INSERT INTO bank_accounts (id, currency_code, allow_negative, account_type)"
-            " VALUES (%s, %s, TRUE, 'suspense') ON CONFLICT (id) DO NOTHING",
-            (account_id, currency),
-        )
+        conn.execute(query("maintenance/create_suspense_account"), (account_id, currency))
         outcome.suspense_created.append(account_id)
         return
     if row[0] != currency:
@@ -116,7 +112,7 @@ def _plan(
     max_corrections: int,
 ) -> None:
     with conn.cursor(row_factory=dict_row) as cur:
-        drift = cur.execute(query("balance_drift")).fetchall()
+        drift = cur.execute(query("reconcile/balance_drift")).fetchall()
     if only is not None:
         drift = [d for d in drift if d["account_id"] in only]
     for d in drift:
@@ -189,22 +185,11 @@ def _post(
     }
     # The entry moves the corrected account by exactly `difference`; the stored balance must not
     # move, so it is moved back by the same amount. Raise first, lower second: never below both.
-    neutralize = (
-        "UPDATE bank_accounts SET balance = balance - %(d)s,"
-        " available_balance = available_balance - %(d)s, updated_at = now() WHERE id = %(a)s"
-    )
+    neutralize = query("maintenance/neutralize_balance")
     if c.difference < 0:
         conn.execute(neutralize, {"d": c.difference, "a": c.account_id})
     row = conn.execute(
-        """
-        SELECT post_ledger_entry(
-            p_ledger_id => %(ledger)s, p_debit_account_id => %(debit)s,
-            p_credit_account_id => %(credit)s, p_amount => %(amount)s,
-            p_currency_code => %(currency)s, p_asset_type => %(asset)s,
-            p_transaction_type => %(type)s, p_reference_id => %(reference)s,
-            p_metadata => %(metadata)s, p_backfill_source_id => %(source)s,
-            p_backfill_source_type => %(source_type)s, p_backfill_run_id => %(run)s)
-        """,
+        query("maintenance/post_correction"),
         {
             "ledger": ledger_id,
             "debit": c.debit_account_id,
@@ -303,10 +288,9 @@ def _verify(conn: psycopg.Connection, outcome: CorrectionOutcome) -> None:
         raise CorrectionError(
             f"balances still differ from their entries after correction: {remaining[:10]}"
         )
-    stored = dict(
+    stored: dict[str, Decimal] = dict(
         conn.execute(
-            "SELECT id, balance FROM bank_accounts WHERE id = ANY(%s)",
-            ([c.account_id for c in outcome.corrections],),
+            query("accounts/stored_balances"), ([c.account_id for c in outcome.corrections],)
         ).fetchall()
     )
     moved = [c for c in outcome.corrections if stored[c.account_id] != c.stored_balance]

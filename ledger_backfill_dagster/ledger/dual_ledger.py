@@ -74,7 +74,7 @@ def held_totals(
     """partition → currency → (count, sum) of what our ledger holds of the source's days."""
     held: dict[str, Totals] = {key: {} for key in partition_keys}
     for key, currency, count, total in conn.execute(
-        query("dual_ledger_held_totals"),
+        query("dual_ledger/held_totals"),
         {"source_id": source_id, "partition_keys": partition_keys},
     ).fetchall():
         held[key][currency] = (int(count), Decimal(total))
@@ -104,7 +104,7 @@ def check_dual_ledger(
     with conn.cursor(row_factory=dict_row) as cur:
         report.missing_outbox = [
             MissingOutbox(**row)
-            for row in cur.execute(query("dual_ledger_missing_outbox"), params).fetchall()
+            for row in cur.execute(query("dual_ledger/missing_outbox"), params).fetchall()
         ]
-        report.outbox_status = cur.execute(query("outbox_status"), params).fetchall()
+        report.outbox_status = cur.execute(query("dual_ledger/outbox_status"), params).fetchall()
     return report

@@ -13,22 +13,14 @@ from pathlib import Path
 
 import psycopg
 
-from ledger_backfill_dagster.lib.sql_files import sql_dir
+from ledger_backfill_dagster.lib.rows import one_row
+from ledger_backfill_dagster.lib.sql_files import query, sql_dir
 
 log = logging.getLogger(__name__)
 
 MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 DEFERRED = {"004"}  # balance constraints: applied by their own job after the backfill
 _LOCK_KEY = 0x1ED6E5  # advisory lock: one migrator at a time across processes
-
-BOOKKEEPING = """
-CREATE TABLE IF NOT EXISTS ledger_schema_migrations (
-    version     TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    checksum    TEXT NOT NULL,
-    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-)
-"""
 
 
 def migration_files(directory: Path | None = None) -> list[tuple[str, Path]]:
@@ -51,9 +43,9 @@ def apply_migrations(conn: psycopg.Connection, include_deferred: bool = False) -
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         # CREATE ... IF NOT EXISTS still needs CREATE on the schema: skip it when the table is
         # there, so a least-privilege role (sql/roles.sql) can run an up-to-date schema.
-        if conn.execute("SELECT to_regclass('ledger_schema_migrations')").fetchone()[0] is None:
-            conn.execute(BOOKKEEPING)
-        done = dict(
+        if one_row(conn.execute("SELECT to_regclass('ledger_schema_migrations')"))[0] is None:
+            conn.execute(query("schema/create_migrations_table"))
+        done: dict[str, str] = dict(
             conn.execute("SELECT version, checksum FROM ledger_schema_migrations").fetchall()
         )
         for version, path in migration_files():
@@ -66,11 +58,7 @@ def apply_migrations(conn: psycopg.Connection, include_deferred: bool = False) -
                 continue
             with conn.transaction():
                 conn.execute(path.read_text(encoding="utf-8"))
-                conn.execute(
-                    "INSERT INTO ledger_schema_migrations (version, name, checksum)"
-                    " VALUES (%s, %s, %s)",
-                    (version, path.name, digest),
-                )
+                conn.execute(query("schema/record_migration"), (version, path.name, digest))
             applied_now.append(version)
         load_currency_minor_units(conn)
     return applied_now
@@ -81,9 +69,4 @@ def load_currency_minor_units(conn: psycopg.Connection) -> None:
     from ledger_backfill_dagster.entries.currencies import minor_units_table
 
     with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO currency_minor_units (currency_code, minor_units) VALUES (%s, %s)"
-            " ON CONFLICT (currency_code) DO UPDATE SET minor_units = EXCLUDED.minor_units"
-            " WHERE currency_minor_units.minor_units IS DISTINCT FROM EXCLUDED.minor_units",
-            sorted(minor_units_table().items()),
-        )
+        cur.executemany(query("schema/currency_minor_units"), sorted(minor_units_table().items()))

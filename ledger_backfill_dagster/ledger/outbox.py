@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from ledger_backfill_dagster.lib.http_client import (
     JsonHttpClient,
@@ -116,7 +116,7 @@ def relay_outbox(
                 size = min(size, options.limit - outcome.sent - outcome.failed)
             with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
                 rows = cur.execute(
-                    query("outbox_claim"),
+                    query("dual_ledger/outbox_claim"),
                     {
                         "statuses": statuses,
                         "after": after,
@@ -133,7 +133,11 @@ def relay_outbox(
 
 
 def _deliver(
-    cur: psycopg.Cursor, client: JsonHttpClient, rows: list[dict], ids: list[int], outcome
+    cur: psycopg.Cursor[DictRow],
+    client: JsonHttpClient,
+    rows: list[DictRow],
+    ids: list[int],
+    outcome: RelayOutcome,
 ) -> None:
     label = f"outbox rows {ids[0]}..{ids[-1]} ({len(ids)} entries)"
     before = client.requests
@@ -147,7 +151,7 @@ def _deliver(
     except (SourceUnavailableError, SourceRefusedError, MalformedPageError) as exc:
         error = redact(str(exc))
         cur.execute(
-            query("outbox_mark"),
+            query("dual_ledger/outbox_mark"),
             {
                 "status": FAILED,
                 "attempts": client.requests - before,
@@ -160,7 +164,7 @@ def _deliver(
         log.warning("dual-ledger relay: %s", error)
     else:
         cur.execute(
-            query("outbox_mark"),
+            query("dual_ledger/outbox_mark"),
             {"status": SENT, "attempts": client.requests - before, "last_error": None, "ids": ids},
         )
         outcome.sent += len(ids)

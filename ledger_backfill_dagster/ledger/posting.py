@@ -21,12 +21,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import errors as pgerrors
+from psycopg.rows import namedtuple_row
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -144,11 +146,7 @@ ProgressHook = Callable[[PostingOutcome, BatchStats], None]
 
 def pause_requested(run_started: datetime, source_id: str) -> PauseProbe:
     def probe(conn: psycopg.Connection) -> bool:
-        row = conn.execute(
-            "SELECT 1 FROM ledger_backfill_pause_requests"
-            " WHERE source_id IN (%s, '*') AND requested_at >= %s LIMIT 1",
-            (source_id, run_started),
-        ).fetchone()
+        row = conn.execute(query("posting/pause_requested"), (source_id, run_started)).fetchone()
         return row is not None
 
     return probe
@@ -201,6 +199,40 @@ class PostingSessions:
 class _Batch:
     frame: pd.DataFrame  # the entries, for their ids, accounts and timestamps
     table: pa.Table  # the same rows' POSTABLE_COLUMNS, a zero-copy slice, for COPY
+
+
+# The one statement built in code: its column list is the entry contract's (POSTABLE_COLUMNS), in
+# the order the batch's CSV carries them.
+_COPY_STAGE = "COPY post_stage (" + ", ".join(POSTABLE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
+
+# The outcomes posting/classify_unposted.sql names.
+DUPLICATE, CONFLICT, ALREADY_POSTED = "DUPLICATE", "CONFLICT", "ALREADY_POSTED"
+
+
+@dataclass(frozen=True)
+class _Unposted:
+    """The staged rows a batch did not insert, by outcome: rows of posting/classify_unposted.sql,
+    read by column name (source_row_id, line_number, ledger_id, reference_id, existing_entry_id,
+    outcome, same_source_row)."""
+
+    duplicates: list[Any]
+    conflicts: list[Any]
+    already_posted: list[Any]
+    unmatched: list[Any]  # an outcome the query should never give, or no entry matched
+
+    @classmethod
+    def of(cls, rows: list[Any]) -> _Unposted:
+        return cls(
+            duplicates=[o for o in rows if o.outcome == DUPLICATE],
+            conflicts=[o for o in rows if o.outcome == CONFLICT],
+            already_posted=[o for o in rows if o.outcome == ALREADY_POSTED],
+            unmatched=[
+                o
+                for o in rows
+                if o.outcome not in {DUPLICATE, CONFLICT, ALREADY_POSTED}
+                or o.existing_entry_id is None
+            ],
+        )
 
 
 class PartitionPoster:
@@ -282,7 +314,7 @@ class PartitionPoster:
                 conn.execute("SELECT set_config('client_connection_check_interval', '1000', false)")
             except pgerrors.InvalidParameterValue:  # a platform without the check: carry on
                 conn.rollback()
-        conn.execute(query("create_post_stage"))
+        conn.execute(query("posting/create_post_stage"))
         conn.commit()
 
     def _close(self) -> None:
@@ -403,26 +435,25 @@ class PartitionPoster:
     def _legacy_entries(self, conn: psycopg.Connection) -> list[int]:
         """Only a ledger posted before migration 008 has entries without a key; on any other
         the partial index answers at once and the partition's rows are not sent."""
-        unkeyed = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM ledger_entries"
-            " WHERE backfill_source_id = %s AND source_row_key IS NULL)",
-            (self.plan.source_id,),
-        ).fetchone()
-        if not (unkeyed and unkeyed[0]):
-            conn.commit()
-            return []
-        entries = self.plan.entries
-        rows = conn.execute(
-            query("legacy_entries_unclaimed"),
-            {
-                "source_id": self.plan.source_id,
-                "row_ids": entries["source_row_id"].astype("int64").tolist(),
-                "ledger_ids": entries["ledger_id"].astype(str).tolist(),
-                "reference_ids": entries["reference_id"].astype(str).tolist(),
-            },
-        ).fetchall()
+        with conn.cursor(row_factory=namedtuple_row) as cur:
+            found = cur.execute(
+                query("posting/unkeyed_entries_exist"), (self.plan.source_id,)
+            ).fetchone()
+            if not (found and found.unkeyed):
+                conn.commit()
+                return []
+            entries = self.plan.entries
+            rows = cur.execute(
+                query("posting/legacy_entries_unclaimed"),
+                {
+                    "source_id": self.plan.source_id,
+                    "row_ids": entries["source_row_id"].astype("int64").tolist(),
+                    "ledger_ids": entries["ledger_id"].astype(str).tolist(),
+                    "reference_ids": entries["reference_id"].astype(str).tolist(),
+                },
+            ).fetchall()
         conn.commit()
-        return [row[0] for row in rows]
+        return [row.id for row in rows]
 
     def _vanished_entries(self, conn: psycopg.Connection) -> list[int]:
         """Only rows without a reference can be held beside a vanished entry (a row with one is
@@ -430,16 +461,17 @@ class PartitionPoster:
         entries = self.plan.entries
         if "reference_generated" not in entries or not entries["reference_generated"].any():
             return []
-        rows = conn.execute(
-            query("vanished_entries"),
-            {
-                "source_id": self.plan.source_id,
-                "partition_key": self.plan.partition_key,
-                "keys": entries["source_row_key"].astype(str).tolist(),
-            },
-        ).fetchall()
+        with conn.cursor(row_factory=namedtuple_row) as cur:
+            rows = cur.execute(
+                query("posting/vanished_entries"),
+                {
+                    "source_id": self.plan.source_id,
+                    "partition_key": self.plan.partition_key,
+                    "keys": entries["source_row_key"].astype(str).tolist(),
+                },
+            ).fetchall()
         conn.commit()
-        return [row[0] for row in rows]
+        return [row.id for row in rows]
 
     def _pending_batches(self) -> list[_Batch]:
         entries = self.plan.entries
@@ -455,88 +487,46 @@ class PartitionPoster:
             for i in range(0, len(entries), size)
         ]
 
-    def _post_batch(self, number: int, pending: _Batch) -> None:
-        batch = pending.frame
-        conn = self._ensure_connection()
-        assert self.checkpoint is not None
-        t0 = time.perf_counter()
-        params = {
+    def _batch_params(self) -> dict[str, str]:
+        """The parameters every statement of a batch names the partition and run by."""
+        return {
             "source_id": self.plan.source_id,
             "source_type": self.plan.source_type,
             "partition_key": self.plan.partition_key,
             "run_id": self.plan.run_id,
         }
+
+    def _post_batch(self, number: int, pending: _Batch) -> None:
+        """One batch, one transaction: every step below runs in it, in this order, and the
+        checkpoint commits with the entries or not at all."""
+        batch = pending.frame
+        conn = self._ensure_connection()
+        assert self.checkpoint is not None
+        t0 = time.perf_counter()
+        params = self._batch_params()
         last_id = str(int(batch["source_row_id"].iloc[-1]))
         committed_before = False
-        with conn.transaction(), conn.cursor() as cur:
-            with cur.copy(
-                "COPY post_stage (" + ", ".join(POSTABLE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
-            ) as copy:
-                copy.write(_csv_bytes(pending.table))
-            cur.execute(
-                query("mark_known_rows"), {**params, "unclaimed_legacy": self._unclaimed_legacy}
-            )
-            if self._vanished:
-                cur.execute(query("hold_new_rows"), {"vanished": self._vanished})
-            posted, outbox, marked = cur.execute(query("post_batch"), params).fetchone()
-            locked = {row[0] for row in cur.execute(query("lock_batch_accounts")).fetchall()}
-            wanted = set(batch["debit_account_id"]) | set(batch["credit_account_id"])
-            if missing := sorted(wanted - locked):
-                raise UnknownAccountsError(self.plan.partition_key, missing)
-            expected, moved = cur.execute(query("apply_batch_balances")).fetchone()
-            if not (expected == moved and posted == outbox == marked):
-                raise InvariantError(
-                    f"batch {number}: posted {posted}, outbox {outbox}, marked {marked}, "
-                    f"balances moved {moved} of {expected}"
-                )
-            outcomes = cur.execute(query("classify_unposted"), params).fetchall()
-            duplicates = [o for o in outcomes if o[5] == "DUPLICATE"]
-            conflicts = [o for o in outcomes if o[5] == "CONFLICT"]
-            already = sum(1 for o in outcomes if o[5] == "ALREADY_POSTED")
-            unmatched = [
-                o
-                for o in outcomes
-                if o[5] not in {"DUPLICATE", "CONFLICT", "ALREADY_POSTED"} or o[4] is None
-            ]
-            if unmatched or posted + len(outcomes) != len(batch):
-                raise InvariantError(
-                    f"batch {number}: {len(batch)} rows staged, {posted} posted, "
-                    f"{len(outcomes)} classified, {len(unmatched)} unmatched"
-                )
-            if duplicates and not self.options.skip_duplicates:
-                raise DuplicateEntriesError(
-                    self.plan.partition_key, [(o[2], o[3], o[1]) for o in duplicates]
-                )
-            for name, rows in (("record_duplicates", duplicates), ("record_conflicts", conflicts)):
-                if rows:
-                    cur.execute(
-                        query(name),
-                        {
-                            **params,
-                            "source_row_ids": [o[0] for o in rows],
-                            "existing_ids": [o[4] for o in rows],
-                            "same_source_row": [o[6] for o in rows],
-                        },
-                    )
-            if already:  # a row whose entry a rollback reversed is re-applied (ledger/rollback.py)
-                reinstate_reversed(
-                    cur, [o[4] for o in outcomes if o[5] == "ALREADY_POSTED"], self.plan.run_id
-                )
+        with conn.transaction(), conn.cursor(row_factory=namedtuple_row) as cur:
+            self._stage(cur, pending)
+            self._recognise_known_rows(cur, params)
+            inserted = self._insert_entries(cur, params)
+            wanted = self._lock_accounts(cur, batch)
+            self._move_balances(cur, number, inserted)
+            unposted = self._classify_unposted(cur, number, params, len(batch), inserted.posted)
+            self._refuse_duplicates(unposted)
+            self._record_unposted(cur, params, unposted)
+            self._reinstate_reversed(cur, unposted)
             t1 = time.perf_counter()
-            cur.execute(
-                checkpoints.ADVANCE,
-                {
-                    "id": self.checkpoint.id,
-                    "previous_last_id": self._committed_last_id,
-                    "last_id": last_id,
-                    "last_ts": batch["timestamp_utc"].max().tz_convert(None).to_pydatetime(),
-                    "processed": len(batch),
-                    "successful": posted + already,
-                    "duplicates": len(duplicates),
-                    "conflicts": len(conflicts),
-                },
+            advanced = self._advance_checkpoint(
+                cur,
+                last_id=last_id,
+                last_ts=batch["timestamp_utc"].max().tz_convert(None).to_pydatetime(),
+                processed=len(batch),
+                successful=inserted.posted + len(unposted.already_posted),
+                duplicates=len(unposted.duplicates),
+                conflicts=len(unposted.conflicts),
             )
-            if cur.rowcount != 1:
+            if not advanced:
                 # This batch committed before, but the acknowledgement of its COMMIT was lost
                 # and the batch was retried: it found every row ALREADY_POSTED. Roll the retry
                 # back (it changed nothing) instead of counting the batch twice.
@@ -552,17 +542,146 @@ class PartitionPoster:
                 number,
             )
         t2 = time.perf_counter()
+        posted, already = inserted.posted, len(unposted.already_posted)
+        duplicates, conflicts = len(unposted.duplicates), len(unposted.conflicts)
         stats = BatchStats(
-            number, len(batch), posted + already, len(duplicates), len(conflicts), t2 - t0, t2 - t1
+            number, len(batch), posted + already, duplicates, conflicts, t2 - t0, t2 - t1
         )
         self.outcome.posted += posted
         self.outcome.already_posted += already
-        self.outcome.duplicates += len(duplicates)
-        self.outcome.conflicts += len(conflicts)
+        self.outcome.duplicates += duplicates
+        self.outcome.conflicts += conflicts
         self.outcome.batches.append(stats)
         self.outcome.touched_accounts |= wanted
         if self.on_batch:
             self.on_batch(self.outcome, stats)
+
+    # -- the steps of a batch, in the order _post_batch runs them -------------------------------
+    @staticmethod
+    def _stage(cur: psycopg.Cursor, pending: _Batch) -> None:
+        """COPY the batch's entries into the connection's temporary stage."""
+        with cur.copy(_COPY_STAGE) as copy:
+            copy.write(_csv_bytes(pending.table))
+
+    def _recognise_known_rows(self, cur: psycopg.Cursor, params: dict[str, str]) -> None:
+        """Before anything is inserted: point each staged row this source already posted at its
+        entry, and hold new rows beside entries whose source row vanished."""
+        cur.execute(
+            query("posting/mark_known_rows"),
+            {**params, "unclaimed_legacy": self._unclaimed_legacy},
+        )
+        if self._vanished:
+            cur.execute(query("posting/hold_new_rows"), {"vanished": self._vanished})
+
+    @staticmethod
+    def _insert_entries(cur: psycopg.Cursor, params: dict[str, str]) -> Any:
+        """Insert the batch set-based: entries, their outbox rows, and the staged rows marked
+        posted. The row's `posted`, `outbox_rows` and `marked` count each."""
+        inserted = cur.execute(query("posting/post_batch"), params).fetchone()
+        assert inserted is not None
+        return inserted
+
+    def _lock_accounts(self, cur: psycopg.Cursor, batch: pd.DataFrame) -> set[str]:
+        """Lock every account the batch touches, in ascending id order; an account the ledger
+        does not know fails the batch. Returns the accounts the batch touches."""
+        locked = {row.id for row in cur.execute(query("posting/lock_batch_accounts")).fetchall()}
+        wanted = set(batch["debit_account_id"]) | set(batch["credit_account_id"])
+        if missing := sorted(wanted - locked):
+            raise UnknownAccountsError(self.plan.partition_key, missing)
+        return wanted
+
+    @staticmethod
+    def _move_balances(cur: psycopg.Cursor, number: int, inserted: Any) -> None:
+        """Move the balances of the entries inserted, netted per account, and check that every
+        entry got its outbox row and its staged row, and every account its update."""
+        moved = cur.execute(query("posting/apply_batch_balances")).fetchone()
+        assert moved is not None
+        if not (
+            moved.accounts_expected == moved.accounts_moved
+            and inserted.posted == inserted.outbox_rows == inserted.marked
+        ):
+            raise InvariantError(
+                f"batch {number}: posted {inserted.posted}, outbox {inserted.outbox_rows}, "
+                f"marked {inserted.marked}, balances moved {moved.accounts_moved} of "
+                f"{moved.accounts_expected}"
+            )
+
+    @staticmethod
+    def _classify_unposted(
+        cur: psycopg.Cursor, number: int, params: dict[str, str], staged: int, posted: int
+    ) -> _Unposted:
+        """Name the outcome of every staged row not inserted; every row must have one."""
+        rows = cur.execute(query("posting/classify_unposted"), params).fetchall()
+        unposted = _Unposted.of(rows)
+        if unposted.unmatched or posted + len(rows) != staged:
+            raise InvariantError(
+                f"batch {number}: {staged} rows staged, {posted} posted, "
+                f"{len(rows)} classified, {len(unposted.unmatched)} unmatched"
+            )
+        return unposted
+
+    def _refuse_duplicates(self, unposted: _Unposted) -> None:
+        """With SKIP_DUPLICATES off, a duplicate fails the batch instead of being skipped."""
+        if unposted.duplicates and not self.options.skip_duplicates:
+            raise DuplicateEntriesError(
+                self.plan.partition_key,
+                [(o.ledger_id, o.reference_id, o.line_number) for o in unposted.duplicates],
+            )
+
+    @staticmethod
+    def _record_unposted(cur: psycopg.Cursor, params: dict[str, str], unposted: _Unposted) -> None:
+        """Keep the skipped duplicates and the held conflicts queryable, against the entry each
+        one matched."""
+        for name, rows in (
+            ("posting/record_duplicates", unposted.duplicates),
+            ("posting/record_conflicts", unposted.conflicts),
+        ):
+            if rows:
+                cur.execute(
+                    query(name),
+                    {
+                        **params,
+                        "source_row_ids": [o.source_row_id for o in rows],
+                        "existing_ids": [o.existing_entry_id for o in rows],
+                        "same_source_row": [o.same_source_row for o in rows],
+                    },
+                )
+
+    def _reinstate_reversed(self, cur: psycopg.Cursor, unposted: _Unposted) -> None:
+        """A row whose entry a rollback reversed is re-applied (ledger/rollback.py)."""
+        if unposted.already_posted:
+            reinstate_reversed(
+                cur, [o.existing_entry_id for o in unposted.already_posted], self.plan.run_id
+            )
+
+    def _advance_checkpoint(
+        self,
+        cur: psycopg.Cursor,
+        *,
+        last_id: str,
+        last_ts: datetime,
+        processed: int,
+        successful: int,
+        duplicates: int,
+        conflicts: int,
+    ) -> bool:
+        """Advance the checkpoint past `last_id` in the batch's transaction; False when it was not
+        where this poster last left it (see checkpoints/advance.sql)."""
+        assert self.checkpoint is not None
+        cur.execute(
+            query("checkpoints/advance"),
+            {
+                "id": self.checkpoint.id,
+                "previous_last_id": self._committed_last_id,
+                "last_id": last_id,
+                "last_ts": last_ts,
+                "processed": processed,
+                "successful": successful,
+                "duplicates": duplicates,
+                "conflicts": conflicts,
+            },
+        )
+        return cur.rowcount == 1
 
     def _post_or_isolate(self, number: int, batch: _Batch) -> None:
         """Post the batch; if the database refuses one of its rows (a value it cannot store, an
@@ -597,7 +716,7 @@ class PartitionPoster:
         row = batch.frame.iloc[0]
         last_id = str(int(row["source_row_id"]))
         reason = refusal_reason(refusal)
-        with conn.transaction(), conn.cursor() as cur:
+        with conn.transaction(), conn.cursor(row_factory=namedtuple_row) as cur:
             record_refused_row(
                 cur,
                 self.plan.source_id,
@@ -607,20 +726,16 @@ class PartitionPoster:
                 reason,
                 self.plan.run_id,
             )
-            cur.execute(
-                checkpoints.ADVANCE,
-                {
-                    "id": self.checkpoint.id,
-                    "previous_last_id": self._committed_last_id,
-                    "last_id": last_id,
-                    "last_ts": row["timestamp_utc"].tz_convert(None).to_pydatetime(),
-                    "processed": 1,
-                    "successful": 0,
-                    "duplicates": 0,
-                    "conflicts": 0,
-                },
+            advanced = self._advance_checkpoint(
+                cur,
+                last_id=last_id,
+                last_ts=row["timestamp_utc"].tz_convert(None).to_pydatetime(),
+                processed=1,
+                successful=0,
+                duplicates=0,
+                conflicts=0,
             )
-            if cur.rowcount != 1:
+            if not advanced:
                 self._assert_committed_before(cur, number, last_id)
                 raise psycopg.Rollback()
         self._committed_last_id = last_id
@@ -635,15 +750,12 @@ class PartitionPoster:
 
     def _assert_committed_before(self, cur: psycopg.Cursor, number: int, last_id: str) -> None:
         assert self.checkpoint is not None
-        row = cur.execute(
-            "SELECT last_processed_id FROM ledger_backfill_checkpoints WHERE id = %s",
-            (self.checkpoint.id,),
-        ).fetchone()
-        if row is None or row[0] != last_id:
+        row = cur.execute(query("checkpoints/last_committed"), (self.checkpoint.id,)).fetchone()
+        if row is None or row.last_processed_id != last_id:
             raise InvariantError(
                 f"batch {number}: the checkpoint of partition {self.plan.partition_key} moved "
                 f"under this run (expected after row {self._committed_last_id}, found "
-                f"{row[0] if row else 'no checkpoint'})"
+                f"{row.last_processed_id if row else 'no checkpoint'})"
             )
 
     def _after_batch(self, number: int) -> None:

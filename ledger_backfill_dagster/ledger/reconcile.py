@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from psycopg.rows import dict_row
 
 from ledger_backfill_dagster.entries.currencies import places_table
+from ledger_backfill_dagster.lib.rows import one_row
 from ledger_backfill_dagster.lib.sql_files import query
 
 # Sums of amounts, exactly. Python's default context keeps 28 digits, fewer than one amount may
@@ -150,14 +151,14 @@ def reconcile(
     with conn.cursor(row_factory=dict_row) as cur:
         partitions = [
             PartitionAccount(read=rows_read[r["partition_key"]], **r)
-            for r in cur.execute(query("partition_accounting"), params).fetchall()
+            for r in cur.execute(query("reconcile/partition_accounting"), params).fetchall()
         ]
-        verification = cur.execute(query("entry_verification"), params).fetchone() or {}
-        drift = cur.execute(query("balance_drift")).fetchall()
-        currency_totals = cur.execute(query("currency_totals")).fetchall()
-        by_currency = cur.execute(query("balances_by_currency")).fetchall()
-        outbox = cur.execute(query("outbox_status"), params).fetchall()
-        duplicates = cur.execute(query("duplicate_references")).fetchall()
+        verification = cur.execute(query("reconcile/entry_verification"), params).fetchone() or {}
+        drift = cur.execute(query("reconcile/balance_drift")).fetchall()
+        currency_totals = cur.execute(query("reconcile/currency_totals")).fetchall()
+        by_currency = cur.execute(query("reconcile/balances_by_currency")).fetchall()
+        outbox = cur.execute(query("dual_ledger/outbox_status"), params).fetchall()
+        duplicates = cur.execute(query("reconcile/duplicate_references")).fetchall()
     controls = []
     if source_totals is not None:
         controls = control_totals(
@@ -198,35 +199,18 @@ def ledger_totals(
     """Count and sum per currency of what this source posted in these partitions (NUMERIC sums
     in PostgreSQL: exact at any size)."""
     rows = conn.execute(
-        query("ledger_control_totals"), {"source_id": source_id, "partition_keys": keys}
+        query("reconcile/ledger_control_totals"), {"source_id": source_id, "partition_keys": keys}
     ).fetchall()
     return {currency: (count, total) for currency, count, total in rows}
-
-
-HELD_TOTALS = """
-SELECT e.currency_code, count(*), sum(e.amount)
-  FROM (SELECT source_row_id, existing_entry_id FROM ledger_backfill_duplicates
-         WHERE source_id = %(source_id)s AND partition_key = ANY(%(partition_keys)s)
-        UNION ALL
-        SELECT source_row_id, NULL FROM ledger_backfill_conflicts
-         WHERE source_id = %(source_id)s AND partition_key = ANY(%(partition_keys)s)) held
-  JOIN LATERAL (SELECT (incoming_entry ->> 'currency_code') AS currency_code,
-                       (incoming_entry ->> 'amount')::NUMERIC AS amount
-                  FROM ledger_backfill_conflicts c
-                 WHERE held.existing_entry_id IS NULL AND c.source_id = %(source_id)s
-                   AND c.source_row_id = held.source_row_id
-                UNION ALL
-                SELECT x.currency_code, x.amount FROM ledger_entries x
-                 WHERE x.id = held.existing_entry_id) e ON TRUE
- GROUP BY e.currency_code
-"""
 
 
 def held_totals(
     conn: psycopg.Connection, source_id: str, keys: list[str]
 ) -> dict[str, tuple[int, Decimal]]:
     """Count and sum per currency of the valid rows that were not posted (duplicates, conflicts)."""
-    rows = conn.execute(HELD_TOTALS, {"source_id": source_id, "partition_keys": keys}).fetchall()
+    rows = conn.execute(
+        query("reconcile/held_control_totals"), {"source_id": source_id, "partition_keys": keys}
+    ).fetchall()
     return {currency: (count, total) for currency, count, total in rows}
 
 
@@ -287,7 +271,7 @@ def reconcile_source(
 ) -> Reconciliation:
     """The reconciliation of a source's partitions `keys`, from what the extract stage read
     (`rows_read`), the validated stage files and the ledger."""
-    unpartitioned = conn.execute(query("unpartitioned_rejects"), (source_id,)).fetchone()[0]
+    unpartitioned = one_row(conn.execute(query("rejects/unpartitioned_count"), (source_id,)))[0]
     return reconcile(
         conn,
         source_id,

@@ -8,33 +8,15 @@ as the four visible characters `\x00` (as invalid UTF-8 bytes are), everything e
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import pandas as pd
 import psycopg
 
 from ledger_backfill_dagster.entries.fields import SOURCE_FIELDS, raw_fields
 from ledger_backfill_dagster.lib import exact_json
-
-REPLACE_STAGE = """
-DELETE FROM ledger_backfill_rejects
- WHERE source_id = %(source_id)s AND stage = %(stage)s
-   AND partition_key IS NOT DISTINCT FROM %(partition_key)s
-"""
-REPLACE_PARTITIONS = """
-DELETE FROM ledger_backfill_rejects
- WHERE source_id = %(source_id)s AND stage = %(stage)s AND partition_key = ANY(%(partition_keys)s)
-"""
-INSERT_REJECT = """
-INSERT INTO ledger_backfill_rejects (
-    source_id, source_type, partition_key, source_row_id, source_file, line_number, stage,
-    raw_text, raw_row, reasons, run_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (source_id, source_row_id) DO UPDATE
-   SET partition_key = EXCLUDED.partition_key, stage = EXCLUDED.stage,
-       raw_text = EXCLUDED.raw_text, raw_row = EXCLUDED.raw_row, reasons = EXCLUDED.reasons,
-       run_id = EXCLUDED.run_id, rejected_at = now()
-"""
+from ledger_backfill_dagster.lib.sql_files import query
 
 
 def raw_rows(staged: pd.DataFrame, source_row_ids: pd.Series) -> pd.DataFrame:
@@ -53,7 +35,8 @@ def raw_documents(rows: pd.DataFrame) -> list[str]:
         if record[-1] is not pd.NA and record[-1] is not None:
             # Exact numbers: a float would bend them, and one JSONB cannot store is kept as
             # its text, so the reject itself is always stored.
-            document.update(exact_json.loads(record[-1])[0])
+            # (the readers stage the extra columns as one JSON object)
+            document.update(cast(dict, exact_json.loads(record[-1])[0]))
         documents.append(exact_json.dumps(document))
     return documents
 
@@ -85,9 +68,9 @@ def replace_rejects(
     re-run after a fix leaves no stale reject behind and a repeated run records each row once."""
     params = {"source_id": source_id, "stage": stage, "partition_key": partition_key}
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(REPLACE_STAGE, params)
+        cur.execute(query("rejects/clear_stage"), params)
         cur.executemany(
-            INSERT_REJECT,
+            query("rejects/upsert_reject"),
             _insert_params(source_id, source_type, partition_key, stage, rejects, run_id),
         )
     return len(rejects)
@@ -109,14 +92,14 @@ def replace_partition_rejects(
         return 0
     params = {"source_id": source_id, "stage": stage, "partition_keys": list(rejects)}
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(REPLACE_PARTITIONS, params)
+        cur.execute(query("rejects/clear_partitions"), params)
         rows = [
             row
             for key, frame in rejects.items()
             for row in _insert_params(source_id, source_type, key, stage, frame, run_id)
         ]
         if rows:
-            cur.executemany(INSERT_REJECT, rows)
+            cur.executemany(query("rejects/upsert_reject"), rows)
     return sum(len(frame) for frame in rejects.values())
 
 
@@ -128,6 +111,9 @@ def _insert_params(
     rejects: pd.DataFrame,
     run_id: str | None,
 ) -> list[tuple]:
+    # Any: the cells are what the frame holds (`reasons` a list), not the scalars pandas-stubs
+    # types a row's attributes as.
+    rows: Iterator[Any] = rejects.itertuples(index=False)
     return [
         (
             source_id,
@@ -142,7 +128,7 @@ def _insert_params(
             list(row.reasons),
             run_id,
         )
-        for row in rejects.itertuples(index=False)
+        for row in rows
     ]
 
 
@@ -197,7 +183,7 @@ def record_refused_row(
     database's reason: the last line of defence behind the contract's own bounds."""
     values = {name: _json_value(value) for name, value in entry.items()}
     cur.execute(
-        INSERT_REJECT,
+        query("rejects/upsert_reject"),
         (
             source_id,
             source_type,
@@ -217,9 +203,9 @@ def record_refused_row(
 def _json_value(value: object) -> object:
     value = _none(value)
     if hasattr(value, "item") and not isinstance(value, str):  # a numpy scalar
-        value = value.item()  # type: ignore[union-attr]
+        value = value.item()
     if value is None or isinstance(value, bool | int | str):
         return value
     if hasattr(value, "isoformat"):
-        return value.isoformat()  # type: ignore[union-attr]
+        return value.isoformat()
     return str(value)

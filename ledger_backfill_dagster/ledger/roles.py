@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from ledger_backfill_dagster.ledger.migrations import apply_migrations
+from ledger_backfill_dagster.lib.rows import one_row
 from ledger_backfill_dagster.lib.sql_files import sql_dir
 
 
@@ -45,7 +46,7 @@ def apply_roles(conn: psycopg.Connection, names: RoleNames | None = None) -> Rol
     names = names or RoleNames()
     apply_migrations(conn)
     conn.commit()
-    database = conn.execute("SELECT current_database()").fetchone()[0]
+    database = one_row(conn.execute("SELECT current_database()"))[0]
     with conn.transaction():
         conn.execute(roles_sql(names, database))
     return names

@@ -36,6 +36,7 @@ from psycopg.rows import dict_row
 from ledger_backfill_dagster.ledger import audit, constraints
 from ledger_backfill_dagster.ledger.balance_check import drifting_accounts
 from ledger_backfill_dagster.lib.errors import TerminalError
+from ledger_backfill_dagster.lib.rows import one_row
 from ledger_backfill_dagster.lib.sql_files import query
 
 METHODS = ("auto", "delete", "reversal", "maintenance")
@@ -193,17 +194,13 @@ def _lock_key(source_type: str, source_id: str, partition_key: str) -> str:
 
 def _select_scope(conn: psycopg.Connection, scope: RollbackScope) -> None:
     conn.execute("TRUNCATE chain_roots, undo_partitions")
-    conn.execute(query("rollback_scope"), scope.params())
-    conn.execute(query("undo_partitions"), scope.params())
+    conn.execute(query("rollback/rollback_scope"), scope.params())
+    conn.execute(query("rollback/undo_partitions"), scope.params())
 
 
 def _partitions(conn: psycopg.Connection, dependent: bool) -> list[dict]:
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
-            "SELECT source_id, source_type, partition_key FROM undo_partitions"
-            " WHERE dependent = %s ORDER BY source_id, source_type, partition_key",
-            (dependent,),
-        ).fetchall()
+        return cur.execute(query("rollback/scope_partitions"), (dependent,)).fetchall()
 
 
 def _lock_partitions(conn: psycopg.Connection, partitions: list[dict]) -> None:
@@ -220,12 +217,9 @@ def _lock_partitions(conn: psycopg.Connection, partitions: list[dict]) -> None:
 
 
 def _plan(conn: psycopg.Connection, scope: RollbackScope, method: str, plan: RollbackPlan) -> None:
-    conn.execute(query("undo_temp_tables"))
+    conn.execute(query("rollback/undo_temp_tables"))
     _select_scope(conn, scope)
-    corrections = conn.execute(
-        "SELECT count(*) FROM chain_roots r JOIN ledger_entries e ON e.id = r.entry_id"
-        " WHERE e.backfill_source_type = 'CORRECTION'"
-    ).fetchone()[0]
+    corrections = one_row(conn.execute(query("rollback/scope_corrections")))[0]
     if corrections:
         raise RollbackRefused(
             [
@@ -239,27 +233,23 @@ def _plan(conn: psycopg.Connection, scope: RollbackScope, method: str, plan: Rol
     plan.partitions = _partitions(conn, dependent=False)
     if any(p not in locked for p in plan.partitions):
         raise RollbackRefused(["the scope changed while it was being locked; run it again"])
-    conn.execute(query("reversal_chains"))
+    conn.execute(query("rollback/reversal_chains"))
     if method == "reversal":
-        conn.execute(query("undo_targets_reversal"), {"want_reversed": False})
+        conn.execute(query("rollback/undo_targets_reversal"), {"want_reversed": False})
     else:
         conn.execute("INSERT INTO undo_targets SELECT DISTINCT entry_id FROM chain_links")
-        conn.execute(query("undo_dependents"))
+        conn.execute(query("rollback/undo_dependents"))
         plan.dependent_partitions = _partitions(conn, dependent=True)
         _lock_partitions(conn, plan.dependent_partitions)
-    plan.entries_in_scope, plan.already_reversed = conn.execute(
-        """
-        SELECT count(*), count(*) FILTER (WHERE mod(depth, 2) = 1)
-          FROM (SELECT DISTINCT ON (root_id) root_id, depth FROM chain_links
-                 ORDER BY root_id, depth DESC) last
-        """
-    ).fetchone()
-    plan.entries_undone = conn.execute("SELECT count(*) FROM undo_targets").fetchone()[0]
-    conn.execute(query("undo_deltas"))
-    conn.execute(query("lock_undo_accounts"))
+    plan.entries_in_scope, plan.already_reversed = one_row(
+        conn.execute(query("rollback/chain_depths"))
+    )
+    plan.entries_undone = one_row(conn.execute("SELECT count(*) FROM undo_targets"))[0]
+    conn.execute(query("rollback/undo_deltas"))
+    conn.execute(query("rollback/lock_undo_accounts"))
     with conn.cursor(row_factory=dict_row) as cur:
-        plan.accounts = cur.execute(query("undo_plan")).fetchall()
-    plan.outbox_by_status = dict(conn.execute(query("undo_outbox_status")).fetchall())
+        plan.accounts = cur.execute(query("rollback/undo_plan")).fetchall()
+    plan.outbox_by_status = dict(conn.execute(query("rollback/undo_outbox_status")).fetchall())
 
 
 def _refusals(plan: RollbackPlan, force: bool) -> list[str]:
@@ -294,9 +284,9 @@ def _apply(conn: psycopg.Connection, plan: RollbackPlan, run_id: str | None, rea
     account_ids = [a["account_id"] for a in plan.accounts]
     drift_before = _drift(conn, account_ids)
     if plan.method == "reversal":
-        posted, outbox, _ = conn.execute(
-            query("post_reversals"), {"run_id": run_id, "reason": reason}
-        ).fetchone()
+        posted, outbox, _ = one_row(
+            conn.execute(query("rollback/post_reversals"), {"run_id": run_id, "reason": reason})
+        )
         plan.result = {"reversals_posted": posted, "outbox_rows_written": outbox}
         if posted != plan.entries_undone or outbox != posted:
             raise RollbackError(
@@ -306,7 +296,7 @@ def _apply(conn: psycopg.Connection, plan: RollbackPlan, run_id: str | None, rea
     else:
         if plan.method == "maintenance":
             constraints.drop_constraints(conn)
-        deleted, outbox, _ = conn.execute(query("rollback_delete")).fetchone()
+        deleted, outbox, _ = one_row(conn.execute(query("rollback/rollback_delete")))
         plan.result = {"entries_deleted": deleted, "outbox_rows_deleted": outbox}
         expected_outbox = sum(plan.outbox_by_status.values())
         if deleted != plan.entries_undone or outbox != expected_outbox:
@@ -317,10 +307,8 @@ def _apply(conn: psycopg.Connection, plan: RollbackPlan, run_id: str | None, rea
         if plan.method == "maintenance":
             constraints.install(conn)
             plan.verification.append(constraints.verify_enforced(conn))
-    after = dict(
-        conn.execute(
-            "SELECT id, balance FROM bank_accounts WHERE id = ANY(%s)", (account_ids,)
-        ).fetchall()
+    after: dict[str, Decimal] = dict(
+        conn.execute(query("accounts/stored_balances"), (account_ids,)).fetchall()
     )
     wrong = [a for a in plan.accounts if after.get(a["account_id"]) != a["balance_after"]]
     if wrong:
@@ -348,7 +336,7 @@ def _apply(conn: psycopg.Connection, plan: RollbackPlan, run_id: str | None, rea
         "whole_source": plan.scope.whole_source,
     }
     with conn.cursor(row_factory=dict_row) as cur:
-        plan.reset = cur.execute(query("undo_reset_state"), params).fetchone() or {}
+        plan.reset = cur.execute(query("rollback/undo_reset_state"), params).fetchone() or {}
 
 
 def rollback(
@@ -432,28 +420,20 @@ def reinstate_reversed(
     re-applied; 0 at the cost of one index probe per entry when nothing was ever reversed."""
     if not entry_ids:
         return 0
-    reversed_any = conn.execute(
-        """
-        SELECT EXISTS (
-            SELECT 1 FROM ledger_entries e
-              JOIN ledger_entries x
-                ON x.ledger_id = e.ledger_id
-               AND x.reference_id = 'REVERSAL-' || e.ledger_id || '-' || e.reference_id
-             WHERE e.id = ANY(%s))
-        """,
-        (entry_ids,),
-    ).fetchone()
+    reversed_any = conn.execute(query("rollback/reversed_entries_exist"), (entry_ids,)).fetchone()
     if not reversed_any or not reversed_any[0]:
         return 0
-    conn.execute(query("undo_temp_tables"))
+    conn.execute(query("rollback/undo_temp_tables"))
     conn.execute(
         "INSERT INTO chain_roots SELECT unnest(%s::BIGINT[]) ON CONFLICT DO NOTHING", (entry_ids,)
     )
-    conn.execute(query("reversal_chains"))
-    conn.execute(query("undo_targets_reversal"), {"want_reversed": True})
-    posted, _, _ = conn.execute(
-        query("post_reversals"),
-        {"run_id": run_id, "reason": "re-backfill of a rolled-back partition"},
-    ).fetchone()
+    conn.execute(query("rollback/reversal_chains"))
+    conn.execute(query("rollback/undo_targets_reversal"), {"want_reversed": True})
+    posted, _, _ = one_row(
+        conn.execute(
+            query("rollback/post_reversals"),
+            {"run_id": run_id, "reason": "re-backfill of a rolled-back partition"},
+        )
+    )
     conn.execute("TRUNCATE chain_roots, chain_links, undo_targets")
     return int(posted)

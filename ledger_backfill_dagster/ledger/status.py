@@ -111,8 +111,8 @@ def read_status(
     a partition is stalled after `stall_seconds` without a checkpoint."""
     params = {"stall": stall_seconds, "source": source}
     with conn.cursor(row_factory=dict_row) as cur:
-        checkpoints = cur.execute(query("backfill_progress"), params).fetchall()
-        completion = cur.execute(query("backfill_completion"), params).fetchall()
+        checkpoints = cur.execute(query("monitoring/backfill_progress"), params).fetchall()
+        completion = cur.execute(query("monitoring/backfill_completion"), params).fetchall()
     by_status: dict[str, int] = {}
     for row in checkpoints:
         by_status[row["status"]] = by_status.get(row["status"], 0) + 1

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 from tenacity import (
@@ -101,6 +102,7 @@ class WrittenNumber(Decimal):
     CSV cell does, so both meet the same rule (issue 20)."""
 
     __slots__ = ("written",)
+    written: str
 
     def __new__(cls, text: str) -> WrittenNumber:
         number = super().__new__(cls, text)
@@ -185,7 +187,8 @@ class JsonHttpClient:
         )
         return self.requests - before
 
-    def _send(self, method: str, path: str, page: str, **kwargs: object) -> httpx.Response:
+    # kwargs pass through to httpx.Client.request (params=, content=, headers=) as they are
+    def _send(self, method: str, path: str, page: str, **kwargs: Any) -> httpx.Response:
         attempts = 0
 
         def once() -> httpx.Response:

@@ -10,6 +10,9 @@ One rule, first match wins:
 
 The installed copy comes before the checkout's so that an installed package never reads a `sql/`
 folder that merely happens to sit next to its site-packages.
+
+Queries live one per file in `queries/<area>/<name>.sql` (posting/, rollback/, reconcile/ ...)
+and are loaded by `query("area/name")`, once per process.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def _package_root() -> Path:
 
 
 def sql_dir() -> Path:
-    """The folder holding the migrations, `roles.sql` and `queries/` (see the module's rule)."""
+    """The folder holding the migrations, `roles.sql` and `queries/<area>/` (see the module's
+    rule)."""
     override = os.environ.get(SQL_DIR_VARIABLE)
     if override:
         if not Path(override).is_dir():
@@ -61,7 +65,27 @@ def sql_dir() -> Path:
     )
 
 
+QUERIES_FOLDER = "queries"
+
+
 @cache
 def query(name: str) -> str:
-    """The text of `sql/queries/<name>.sql`."""
-    return (sql_dir() / "queries" / f"{name}.sql").read_text(encoding="utf-8")
+    """The text of `sql/queries/<name>.sql`; `name` is `area/name` (one subfolder per area of the
+    code: `posting/post_batch`), or a bare name for a file at the folder's top."""
+    parts = name.split("/")
+    # A name, not a path: nothing may step out of queries/ or start from the filesystem's root.
+    if not all(part and part not in {".", ".."} and "\\" not in part for part in parts):
+        raise ValueError(f"query name {name!r} is not area/name")
+    folder = sql_dir()
+    path = folder.joinpath(QUERIES_FOLDER, *parts[:-1], f"{parts[-1]}.sql")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        where = (
+            f"{SQL_DIR_VARIABLE}={folder}"
+            if os.environ.get(SQL_DIR_VARIABLE)
+            else f"{folder} ({SQL_DIR_VARIABLE} unset)"
+        )
+        raise SqlFilesNotFoundError(
+            f"no query {name!r}: {path} does not exist in the SQL folder {where}"
+        ) from None

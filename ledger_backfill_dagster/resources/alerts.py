@@ -17,6 +17,8 @@ from pydantic import Field
 from ledger_backfill_dagster.lib.errors import TransientError
 from ledger_backfill_dagster.lib.redaction import redact
 
+WEBHOOK_URL_ENV = "STALL_ALERT_WEBHOOK_URL"
+
 
 class AlertDeliveryError(TransientError, RuntimeError):
     """The webhook did not accept the alert (the message never contains the URL)."""
@@ -53,12 +55,13 @@ class StallAlertHook(dg.ConfigurableResource):
             raise AlertDeliveryError(f"alert webhook answered HTTP {response.status_code}")
         return True
 
-
-def alert_hook_from_env() -> StallAlertHook:
-    """The hook for the code location: the URL stays an EnvVar reference, resolved in the daemon."""
-    if os.environ.get("STALL_ALERT_WEBHOOK_URL"):
-        return StallAlertHook(webhook_url=dg.EnvVar("STALL_ALERT_WEBHOOK_URL"))
-    return StallAlertHook()
+    @classmethod
+    def from_env(cls) -> StallAlertHook:
+        """The hook for the code location: the URL stays an EnvVar reference, resolved in the
+        daemon (only whether it is set is read here)."""
+        if os.environ.get(WEBHOOK_URL_ENV):
+            return cls(webhook_url=dg.EnvVar(WEBHOOK_URL_ENV))
+        return cls()
 
 
 def safe_error(exc: BaseException) -> str:

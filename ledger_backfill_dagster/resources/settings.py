@@ -1,23 +1,46 @@
-"""The backfill's configuration: the seed's environment variables, parsed once, with defaults.
+"""The backfill's configuration: four resources, one per concern, each parsed from the environment.
+
+    source      what is read and how: the source's type, file or table, its columns, the time
+                zone of its timestamps, paging, timeouts and retries, its URL and token
+    transform   the rules of the transform stage: chart of accounts, account and transaction
+                type maps, the default ledger
+    posting     how entries are posted: batch size, checkpoints, retries, parallel partitions
+    monitoring  how a backfill is watched: stall threshold, sensor interval, reports folder
+
+Each resource's `from_env()` reads the same variables, with the same defaults, as the single
+`settings` resource did before issue 14 (docs/operations.md maps every old key to its new place).
+Every field is validated the same way whether it comes from the environment or from a launchpad
+override: a numeric field must lie in its variable's range (`lib.env.NUMERIC_LIMITS`), the source
+type is one of four (a `Literal`, so Dagster refuses any other before the run starts). A value
+out of range fails naming the field as the launchpad spells it and the variable, e.g.
+`posting.batch_size: BATCH_SIZE must be from 1 to 1,000,000, got 0`.
+
+The option objects the backfill's code takes are built from a resource in one place each:
+`SourceSettings.reader()`, `TransformSettings.rules()`, `PostingSettings.options()`.
+
+Where the source time zone belongs: `source`. SOURCE_TIMEZONE says which day a timestamp without
+an offset falls on, and the readers apply it while extracting (it places rows in partitions and
+is part of the extract's fingerprint); the transform stage only sees UTC timestamps. The column
+map file belongs to `source` for the same reason: the readers apply it, and
+BACKFILL_SOURCE_COLUMN_MAP, inline, is the same knob (it wins over COLUMN_MAP_FILE).
 
 Secrets (DATABASE_URL, API tokens) are not read here: they reach resources through `dg.EnvVar`
-so Dagster never stores or shows their values. They are only checked here, when the code location
-loads, so a malformed URL fails at once with a message that shows nothing past its scheme
-(`redaction.check_secret_settings`).
-
-Every numeric setting has a range (NUMERIC_LIMITS): a value outside it fails here, naming the
-variable, instead of deep inside pyarrow or PostgreSQL.
+so Dagster never stores or shows their values (`SourceConnection`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import ClassVar, Literal, get_args
 
 import dagster as dg
 from pydantic import Field, ValidationInfo, field_validator
 
+from ledger_backfill_dagster.entries.transform import TransformRules, load_mapping
+from ledger_backfill_dagster.ledger.posting import PostingOptions
 from ledger_backfill_dagster.lib.env import (
+    NUMERIC_LIMITS,
     check_range,
     env_bool,
     env_float,
@@ -27,39 +50,70 @@ from ledger_backfill_dagster.lib.env import (
     state_home,
 )
 from ledger_backfill_dagster.lib.errors import SettingsError
-from ledger_backfill_dagster.lib.redaction import check_secret_settings
 from ledger_backfill_dagster.resources.source_connection import SourceConnection
+from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.sources.base import SourceReader
 
+SourceType = Literal["CSV", "DATABASE", "API", "SCB"]
+SOURCE_TYPES: tuple[str, ...] = get_args(SourceType)
 DEFAULT_STALL_SECONDS = 3600
+DEFAULT_SENSOR_INTERVAL_SECONDS = 60
 
 
-def stall_threshold_seconds() -> int:
-    """STALL_THRESHOLD_SECONDS, default 3600 (the seed's one hour)."""
-    return env_int("STALL_THRESHOLD_SECONDS", DEFAULT_STALL_SECONDS, minimum=1)
+def _optional(name: str) -> str | None:
+    """A text variable whose absence means "not given" (blank counts as absent)."""
+    return os.environ.get(name, "").strip() or None
 
 
-# BackfillSettings' numeric fields and the variables that set them.
-FIELD_SETTINGS = {
-    "batch_size": "BATCH_SIZE",
-    "checkpoint_interval": "CHECKPOINT_INTERVAL",
-    "max_retries": "MAX_RETRIES",
-    "retry_delay_ms": "RETRY_DELAY",
-    "parallel_workers": "PARALLEL_WORKERS",
-    "source_page_size": "BACKFILL_SOURCE_PAGE_SIZE",
-    "source_timeout_seconds": "BACKFILL_SOURCE_TIMEOUT",
-    "source_max_retries": "BACKFILL_SOURCE_MAX_RETRIES",
-    "source_max_retry_after": "BACKFILL_SOURCE_MAX_RETRY_AFTER",
-}
+class EnvSettings(dg.ConfigurableResource):
+    """A settings resource: `KEY` is its resource key, `ENV` maps each field to its variable.
 
-
-class BackfillSettings(dg.ConfigurableResource):
-    """Knobs of the seed's BackfillConfig and CSV script, plus the ones our issues add.
-
-    Defaults come from the environment when the code location loads (`from_env`); every field can
-    be overridden per run in the launchpad. None of them is a secret.
+    A numeric field whose variable has a range (NUMERIC_LIMITS) is checked against it however the
+    value arrives: from the environment, or as a launchpad override (a field validator, so
+    pydantic's message is about this field, not the whole config).
     """
 
-    source_type: str = Field(
+    KEY: ClassVar[str] = ""
+    ENV: ClassVar[dict[str, str]] = {}
+
+    @field_validator("*")
+    @classmethod
+    def _number_in_range(cls, value: object, info: ValidationInfo) -> object:
+        variable = cls.ENV.get(str(info.field_name), "")
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if variable in NUMERIC_LIMITS and numeric:
+            try:
+                check_range(variable, value)  # type: ignore[arg-type]
+            except SettingsError as exc:
+                raise SettingsError(f"{cls.KEY}.{info.field_name}: {exc}") from None
+        return value
+
+
+class SourceSettings(EnvSettings):
+    """What the backfill reads and how (resource key `source`). None of these is a secret: the
+    URL and token live in `connection`, as EnvVars."""
+
+    KEY: ClassVar[str] = "source"
+    ENV: ClassVar[dict[str, str]] = {
+        "source_type": "BACKFILL_SOURCE_TYPE",
+        "source_file": "BACKFILL_SOURCE_FILE",
+        "source_id": "BACKFILL_SOURCE_ID",
+        "source_timezone": "SOURCE_TIMEZONE",
+        "column_map_file": "COLUMN_MAP_FILE",
+        "source_table": "BACKFILL_SOURCE_TABLE",
+        "source_query": "BACKFILL_SOURCE_QUERY",
+        "source_id_column": "BACKFILL_SOURCE_ID_COLUMN",
+        "source_timestamp_column": "BACKFILL_SOURCE_TIMESTAMP_COLUMN",
+        "source_column_map": "BACKFILL_SOURCE_COLUMN_MAP",
+        "scb_sovereign_bank_id": "SCB_SOVEREIGN_BANK_ID",
+        "source_page_size": "BACKFILL_SOURCE_PAGE_SIZE",
+        "source_timeout_seconds": "BACKFILL_SOURCE_TIMEOUT",
+        "source_max_retries": "BACKFILL_SOURCE_MAX_RETRIES",
+        "source_max_retry_after": "BACKFILL_SOURCE_MAX_RETRY_AFTER",
+        "retry_delay_ms": "RETRY_DELAY",
+    }
+
+    source_type: SourceType = Field(
         default="CSV", description="BACKFILL_SOURCE_TYPE: CSV, DATABASE, API or SCB."
     )
     source_file: str | None = Field(
@@ -69,55 +123,13 @@ class BackfillSettings(dg.ConfigurableResource):
         default=None,
         description="BACKFILL_SOURCE_ID: names the source in checkpoints and lineage; defaults to the resolved file path.",
     )
-    accounts_file: str | None = Field(
-        default=None,
-        description="ACCOUNTS_FILE: chart of accounts CSV (accountId,currencyCode[,allowNegative]).",
-    )
-    account_map_file: str | None = Field(
-        default=None, description="ACCOUNT_MAP_FILE: CSV sourceId,ledgerAccountId."
-    )
-    transaction_type_map_file: str | None = Field(
-        default=None, description="TRANSACTION_TYPE_MAP_FILE: CSV sourceType,ledgerType."
+    source_timezone: str = Field(
+        default="UTC",
+        description="SOURCE_TIMEZONE: zone of timestamps without an offset (places rows in days).",
     )
     column_map_file: str | None = Field(
         default=None,
         description="COLUMN_MAP_FILE: JSON {sourceColumn: canonicalField} for other layouts.",
-    )
-    ledger_id: str = Field(
-        default="MASTER", description="LEDGER_ID: ledger for rows with an empty ledgerId."
-    )
-    batch_size: int = Field(
-        default=1000, description="BATCH_SIZE: entries per posting transaction."
-    )
-    checkpoint_interval: int = Field(
-        default=10, description="CHECKPOINT_INTERVAL: validate touched balances every N batches."
-    )
-    max_retries: int = Field(
-        default=3, description="MAX_RETRIES: retries of a batch on a transient database error."
-    )
-    retry_delay_ms: int = Field(
-        default=1000, description="RETRY_DELAY: first retry delay in ms, doubled each retry."
-    )
-    parallel_workers: int = Field(
-        default=1, description="PARALLEL_WORKERS: partitions posted at once within a run."
-    )
-    skip_duplicates: bool = Field(
-        default=True,
-        description="SKIP_DUPLICATES: skip identical repeats (true) or fail naming them (false).",
-    )
-    validate_balances: bool = Field(
-        default=True,
-        description="VALIDATE_BALANCES: check touched balances against their entries during the run.",
-    )
-    force_redo: bool = Field(
-        default=False,
-        description="FORCE_REDO: re-process partitions whose checkpoint is COMPLETED.",
-    )
-    source_timezone: str = Field(
-        default="UTC", description="SOURCE_TIMEZONE: zone of timestamps without an offset."
-    )
-    reports_dir: str = Field(
-        default="", description="REPORTS_DIR: where reconciliation and error reports are written."
     )
     # Sources other than CSV (issue 5; docs/sources.md). Their URL and token are secrets and live
     # in `connection`, resolved from BACKFILL_SOURCE_URL / BACKFILL_API_TOKEN through dg.EnvVar.
@@ -165,36 +177,152 @@ class BackfillSettings(dg.ConfigurableResource):
         default=120.0,
         description="BACKFILL_SOURCE_MAX_RETRY_AFTER: longest Retry-After honoured, in seconds.",
     )
+    # RETRY_DELAY sets this and posting.retry_delay_ms: the same first delay for a source's page
+    # (and the outbox relay's request) as for a posting batch, each overridable on its own.
+    retry_delay_ms: int = Field(
+        default=1000,
+        description="RETRY_DELAY: first retry delay of a page or request in ms, doubled each "
+        "retry.",
+    )
 
-    @field_validator(*FIELD_SETTINGS)
+    def reader(self) -> SourceReader:
+        """The Source Reader these settings describe (SettingsError when they describe none)."""
+        return make_source(self)
+
     @classmethod
-    def _number_in_range(cls, value: float, info: ValidationInfo) -> float:
-        """The same ranges for values given in the launchpad as for the environment's (a field
-        validator: pydantic's message then quotes this field's value, not the whole config)."""
-        check_range(FIELD_SETTINGS[str(info.field_name)], value)
-        return value
-
-    @property
-    def reports_path(self) -> Path:
-        return Path(self.reports_dir) if self.reports_dir else state_home() / "reports"
-
-    @classmethod
-    def from_env(cls) -> BackfillSettings:
-        check_secret_settings()
+    def from_env(cls) -> SourceSettings:
         source_type = env_str("BACKFILL_SOURCE_TYPE", "CSV").upper()
-        if source_type not in {"CSV", "DATABASE", "API", "SCB"}:
+        if source_type not in SOURCE_TYPES:
             raise SettingsError(
                 f"BACKFILL_SOURCE_TYPE must be CSV, DATABASE, API or SCB, got {source_type!r}"
             )
         return cls(
-            source_type=source_type,
+            source_type=source_type,  # type: ignore[arg-type]  # checked above
             source_file=env_path("BACKFILL_SOURCE_FILE"),
             source_id=os.environ.get("BACKFILL_SOURCE_ID") or None,
+            source_timezone=env_str("SOURCE_TIMEZONE", "UTC"),
+            column_map_file=env_path("COLUMN_MAP_FILE"),
+            connection=SourceConnection.from_env(),
+            source_table=_optional("BACKFILL_SOURCE_TABLE"),
+            source_query=_optional("BACKFILL_SOURCE_QUERY"),
+            source_id_column=env_str("BACKFILL_SOURCE_ID_COLUMN", "id"),
+            source_timestamp_column=_optional("BACKFILL_SOURCE_TIMESTAMP_COLUMN"),
+            source_column_map=_optional("BACKFILL_SOURCE_COLUMN_MAP"),
+            scb_sovereign_bank_id=_optional("SCB_SOVEREIGN_BANK_ID"),
+            source_page_size=env_int("BACKFILL_SOURCE_PAGE_SIZE", 5000),
+            source_timeout_seconds=env_float("BACKFILL_SOURCE_TIMEOUT", 30.0),
+            source_max_retries=env_int("BACKFILL_SOURCE_MAX_RETRIES", 5),
+            source_max_retry_after=env_float("BACKFILL_SOURCE_MAX_RETRY_AFTER", 120.0),
+            retry_delay_ms=env_int("RETRY_DELAY", 1000),
+        )
+
+
+class TransformSettings(EnvSettings):
+    """The transform stage's rules (resource key `transform`): the files it loads and the ledger
+    of rows that name none."""
+
+    KEY: ClassVar[str] = "transform"
+    ENV: ClassVar[dict[str, str]] = {
+        "accounts_file": "ACCOUNTS_FILE",
+        "account_map_file": "ACCOUNT_MAP_FILE",
+        "transaction_type_map_file": "TRANSACTION_TYPE_MAP_FILE",
+        "ledger_id": "LEDGER_ID",
+    }
+
+    accounts_file: str | None = Field(
+        default=None,
+        description="ACCOUNTS_FILE: chart of accounts CSV (accountId,currencyCode[,allowNegative]).",
+    )
+    account_map_file: str | None = Field(
+        default=None, description="ACCOUNT_MAP_FILE: CSV sourceId,ledgerAccountId."
+    )
+    transaction_type_map_file: str | None = Field(
+        default=None, description="TRANSACTION_TYPE_MAP_FILE: CSV sourceType,ledgerType."
+    )
+    ledger_id: str = Field(
+        default="MASTER", description="LEDGER_ID: ledger for rows with an empty ledgerId."
+    )
+
+    def rules(self, account_currencies: dict[str, str]) -> TransformRules:
+        """The transform's rules: these settings' maps (read now: a bad file fails naming its
+        variable and line) and the ledger's accounts with their currencies."""
+        return TransformRules(
+            default_ledger_id=self.ledger_id,
+            account_map=load_mapping(self.account_map_file, "ACCOUNT_MAP_FILE"),
+            transaction_type_map=load_mapping(
+                self.transaction_type_map_file, "TRANSACTION_TYPE_MAP_FILE"
+            ),
+            account_currencies=account_currencies,
+        )
+
+    @classmethod
+    def from_env(cls) -> TransformSettings:
+        return cls(
             accounts_file=env_path("ACCOUNTS_FILE"),
             account_map_file=env_path("ACCOUNT_MAP_FILE"),
             transaction_type_map_file=env_path("TRANSACTION_TYPE_MAP_FILE"),
-            column_map_file=env_path("COLUMN_MAP_FILE"),
             ledger_id=env_str("LEDGER_ID", "MASTER"),
+        )
+
+
+class PostingSettings(EnvSettings):
+    """How validated entries are posted (resource key `posting`)."""
+
+    KEY: ClassVar[str] = "posting"
+    ENV: ClassVar[dict[str, str]] = {
+        "batch_size": "BATCH_SIZE",
+        "checkpoint_interval": "CHECKPOINT_INTERVAL",
+        "max_retries": "MAX_RETRIES",
+        "retry_delay_ms": "RETRY_DELAY",
+        "parallel_workers": "PARALLEL_WORKERS",
+        "skip_duplicates": "SKIP_DUPLICATES",
+        "validate_balances": "VALIDATE_BALANCES",
+        "force_redo": "FORCE_REDO",
+    }
+
+    batch_size: int = Field(
+        default=1000, description="BATCH_SIZE: entries per posting transaction."
+    )
+    checkpoint_interval: int = Field(
+        default=10, description="CHECKPOINT_INTERVAL: validate touched balances every N batches."
+    )
+    max_retries: int = Field(
+        default=3, description="MAX_RETRIES: retries of a batch on a transient database error."
+    )
+    retry_delay_ms: int = Field(
+        default=1000, description="RETRY_DELAY: first retry delay in ms, doubled each retry."
+    )
+    parallel_workers: int = Field(
+        default=1, description="PARALLEL_WORKERS: partitions posted at once within a run."
+    )
+    skip_duplicates: bool = Field(
+        default=True,
+        description="SKIP_DUPLICATES: skip identical repeats (true) or fail naming them (false).",
+    )
+    validate_balances: bool = Field(
+        default=True,
+        description="VALIDATE_BALANCES: check touched balances against their entries during the run.",
+    )
+    force_redo: bool = Field(
+        default=False,
+        description="FORCE_REDO: re-process partitions whose checkpoint is COMPLETED.",
+    )
+
+    def options(self) -> PostingOptions:
+        """The posting loop's options (PARALLEL_WORKERS is the asset's: it runs the loops)."""
+        return PostingOptions(
+            batch_size=self.batch_size,
+            skip_duplicates=self.skip_duplicates,
+            validate_balances=self.validate_balances,
+            checkpoint_interval=self.checkpoint_interval,
+            max_retries=self.max_retries,
+            retry_delay_ms=self.retry_delay_ms,
+            force_redo=self.force_redo,
+        )
+
+    @classmethod
+    def from_env(cls) -> PostingSettings:
+        return cls(
             batch_size=env_int("BATCH_SIZE", 1000),
             checkpoint_interval=env_int("CHECKPOINT_INTERVAL", 10),
             max_retries=env_int("MAX_RETRIES", 3),
@@ -203,18 +331,65 @@ class BackfillSettings(dg.ConfigurableResource):
             skip_duplicates=env_bool("SKIP_DUPLICATES", True),
             validate_balances=env_bool("VALIDATE_BALANCES", True),
             force_redo=env_bool("FORCE_REDO", False),
-            source_timezone=env_str("SOURCE_TIMEZONE", "UTC"),
-            reports_dir=env_str("REPORTS_DIR", ""),
-            connection=SourceConnection.from_env(),
-            source_table=os.environ.get("BACKFILL_SOURCE_TABLE", "").strip() or None,
-            source_query=os.environ.get("BACKFILL_SOURCE_QUERY", "").strip() or None,
-            source_id_column=env_str("BACKFILL_SOURCE_ID_COLUMN", "id"),
-            source_timestamp_column=os.environ.get("BACKFILL_SOURCE_TIMESTAMP_COLUMN", "").strip()
-            or None,
-            source_column_map=os.environ.get("BACKFILL_SOURCE_COLUMN_MAP", "").strip() or None,
-            scb_sovereign_bank_id=os.environ.get("SCB_SOVEREIGN_BANK_ID", "").strip() or None,
-            source_page_size=env_int("BACKFILL_SOURCE_PAGE_SIZE", 5000),
-            source_timeout_seconds=env_float("BACKFILL_SOURCE_TIMEOUT", 30.0),
-            source_max_retries=env_int("BACKFILL_SOURCE_MAX_RETRIES", 5),
-            source_max_retry_after=env_float("BACKFILL_SOURCE_MAX_RETRY_AFTER", 120.0),
         )
+
+
+class MonitoringSettings(EnvSettings):
+    """How backfills are watched (resource key `monitoring`).
+
+    The sensor's interval is read when the code location loads (it is part of the sensor's
+    definition): overriding it in a run's config changes nothing.
+    """
+
+    KEY: ClassVar[str] = "monitoring"
+    ENV: ClassVar[dict[str, str]] = {
+        "stall_threshold_seconds": "STALL_THRESHOLD_SECONDS",
+        "stall_sensor_interval_seconds": "STALL_SENSOR_INTERVAL_SECONDS",
+        "reports_dir": "REPORTS_DIR",
+    }
+
+    stall_threshold_seconds: int = Field(
+        default=DEFAULT_STALL_SECONDS,
+        description="STALL_THRESHOLD_SECONDS: an IN_PROGRESS partition without a checkpoint for "
+        "this long is stalled.",
+    )
+    stall_sensor_interval_seconds: int = Field(
+        default=DEFAULT_SENSOR_INTERVAL_SECONDS,
+        description="STALL_SENSOR_INTERVAL_SECONDS: seconds between the stall sensor's ticks "
+        "(read when the code location loads).",
+    )
+    reports_dir: str = Field(
+        default="", description="REPORTS_DIR: where reconciliation and error reports are written."
+    )
+
+    @property
+    def reports_path(self) -> Path:
+        return Path(self.reports_dir) if self.reports_dir else state_home() / "reports"
+
+    @classmethod
+    def from_env(cls) -> MonitoringSettings:
+        return cls(
+            stall_threshold_seconds=env_int("STALL_THRESHOLD_SECONDS", DEFAULT_STALL_SECONDS),
+            stall_sensor_interval_seconds=env_int(
+                "STALL_SENSOR_INTERVAL_SECONDS", DEFAULT_SENSOR_INTERVAL_SECONDS
+            ),
+            reports_dir=env_str("REPORTS_DIR", ""),
+        )
+
+
+SETTINGS_RESOURCES: tuple[type[EnvSettings], ...] = (
+    SourceSettings,
+    TransformSettings,
+    PostingSettings,
+    MonitoringSettings,
+)
+
+
+def numeric_setting(variable: str) -> tuple[type[EnvSettings], str]:
+    """The resource and field a variable sets. RETRY_DELAY sets two: posting's is returned
+    (resources are searched from the last, and posting comes after source)."""
+    for resource in reversed(SETTINGS_RESOURCES):
+        for field, name in resource.ENV.items():
+            if name == variable:
+                return resource, field
+    raise KeyError(variable)

@@ -37,7 +37,7 @@ class SourceConnection(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> SourceConnection | None:
         """EnvVar references for the variables that are set; None when neither is."""
-        values: dict[str, object] = {}
+        values: dict[str, dg.EnvVar] = {}
         if os.environ.get(SOURCE_URL_ENV, "").strip():
             check_source_url(SOURCE_URL_ENV, os.environ[SOURCE_URL_ENV])
             values["url"] = dg.EnvVar(SOURCE_URL_ENV)
@@ -59,7 +59,7 @@ class OutboxEndpoint(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> OutboxEndpoint:
-        values: dict[str, object] = {}
+        values: dict[str, dg.EnvVar] = {}
         if os.environ.get(OUTBOX_URL_ENV, "").strip():
             check_http_url(OUTBOX_URL_ENV, os.environ[OUTBOX_URL_ENV])
             values["url"] = dg.EnvVar(OUTBOX_URL_ENV)

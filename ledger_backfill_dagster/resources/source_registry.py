@@ -1,15 +1,18 @@
-"""Choose the Source Reader for BACKFILL_SOURCE_TYPE: CSV (default), DATABASE, API or SCB."""
+"""Choose the Source Reader for BACKFILL_SOURCE_TYPE: CSV (default), DATABASE, API or SCB.
+
+Called through `SourceSettings.reader()`, the one place a reader is built from the settings.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
 from ledger_backfill_dagster.entries.fields import SOURCE_FIELDS
 from ledger_backfill_dagster.lib.env import backfill_start_date
 from ledger_backfill_dagster.lib.errors import SettingsError
-from ledger_backfill_dagster.resources.settings import BackfillSettings
 from ledger_backfill_dagster.sources.api import ApiSource
 from ledger_backfill_dagster.sources.base import SourceReader
 from ledger_backfill_dagster.sources.csv_source import CsvSource
@@ -17,8 +20,11 @@ from ledger_backfill_dagster.sources.database import DatabaseSource
 from ledger_backfill_dagster.sources.layout import LayoutError, load_column_map
 from ledger_backfill_dagster.sources.scb import ScbSource
 
+if TYPE_CHECKING:  # settings.py imports this module to build its reader
+    from ledger_backfill_dagster.resources.settings import SourceSettings
 
-def make_source(settings: BackfillSettings) -> SourceReader:
+
+def make_source(settings: SourceSettings) -> SourceReader:
     if settings.source_type == "CSV":
         if not settings.source_file:
             raise SettingsError("BACKFILL_SOURCE_FILE is not set: which CSV should be backfilled?")
@@ -46,7 +52,8 @@ def make_source(settings: BackfillSettings) -> SourceReader:
             explicit_source_id=settings.source_id,
         )
     if settings.source_type in ("API", "SCB"):
-        common = {
+        # The fields ApiSource and ScbSource share (each is type-checked where it is declared).
+        common: dict[str, Any] = {
             "base_url": _source_url(settings, "the API's base URL"),
             "token": _secret(settings.connection.api_token) if settings.connection else None,
             "start_date": backfill_start_date(),
@@ -71,7 +78,7 @@ def _secret(value: object) -> str | None:
     return value  # type: ignore[return-value]
 
 
-def _source_url(settings: BackfillSettings, what: str) -> str:
+def _source_url(settings: SourceSettings, what: str) -> str:
     url = _secret(settings.connection.url) if settings.connection else None
     if not url:
         raise SettingsError(
@@ -80,7 +87,7 @@ def _source_url(settings: BackfillSettings, what: str) -> str:
     return url
 
 
-def column_map(settings: BackfillSettings) -> dict[str, str] | None:
+def column_map(settings: SourceSettings) -> dict[str, str] | None:
     """BACKFILL_SOURCE_COLUMN_MAP (inline JSON) or else COLUMN_MAP_FILE: source name → field."""
     if not settings.source_column_map:
         try:

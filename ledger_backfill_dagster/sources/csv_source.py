@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from itertools import islice
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -610,7 +611,9 @@ def _place(
     reasons[too_late] = LATER_THAN_RUN_START
     reasons[parsed.notna() & (parsed < first_day)] = BEFORE_START_DATE
     bad = reasons.notna()
-    for row in frame.loc[bad].assign(reason=reasons[bad]).itertuples(index=False):
+    # Any: the cells as the frame holds them, not the scalars pandas-stubs types a row's as.
+    rows: Iterator[Any] = frame.loc[bad].assign(reason=reasons[bad]).itertuples(index=False)
+    for row in rows:
         raw_row = raw_fields({name: _none(getattr(row, name)) for name in SOURCE_FIELDS})
         rejects.append(
             {

@@ -62,6 +62,7 @@ from ledger_backfill_dagster.entries.timestamps import (
 from ledger_backfill_dagster.lib.errors import InputError, SettingsError, is_transient
 from ledger_backfill_dagster.lib.http_client import SourceUnavailableError
 from ledger_backfill_dagster.lib.redaction import redact
+from ledger_backfill_dagster.lib.rows import one_row
 from ledger_backfill_dagster.sources.base import REJECT_COLUMNS, ExtractResult, SourceReader
 from ledger_backfill_dagster.sources.csv_source import check_timezone
 from ledger_backfill_dagster.sources.layout import Layout, LayoutError, detect_layout
@@ -395,7 +396,7 @@ class DatabaseSource(SourceReader):
             where = sql.SQL("src.{} >= %(low)s AND src.{} < %(high)s").format(ts, ts)
             return _DayWindow(low, high, where, {"low": local_low, "high": local_high})
         day = low.date()
-        params = {
+        params: dict[str, object] = {
             "low": (day - timedelta(days=1)).isoformat(),
             "high": (day + timedelta(days=2)).isoformat(),
             "strays": strays,
@@ -414,7 +415,7 @@ class DatabaseSource(SourceReader):
         probe = sql.SQL("SELECT count(*), max(src.{}) FROM {} AS src WHERE {}").format(
             sql.Identifier(self.id_column), self._relation(), day.where
         )
-        count, highest = conn.execute(probe, day.params).fetchone()
+        count, highest = one_row(conn.execute(probe, day.params))
         conn.rollback()
         if "window_rows" not in state:  # a read made before windows were widened
             return False
@@ -445,7 +446,7 @@ class DatabaseSource(SourceReader):
                 for row in self._rows(shape, page)
                 if row.reason is None and day.low <= row.utc < day.high  # type: ignore[operator]
             ]
-            part.state["window_rows"] = int(part.state["window_rows"]) + len(page)  # type: ignore[call-overload]
+            part.state["window_rows"] = int(part.state["window_rows"]) + len(page)
             part.state["window_max"] = int(page[-1][0])
             part.write_page(staged_table(r.staged for r in placed), resume=int(page[-1][0]))
 

@@ -125,8 +125,8 @@ def detect_layout(columns: list[str], column_map: dict[str, str] | None = None) 
             candidates.append((name, base))
     for name, mapping in candidates:
         mapped = {c: mapping.get(c) for c in columns}
-        present = {f for f in mapped.values() if f}
-        if all(f in present for f in REQUIRED_FIELDS) and present & set(AMOUNT_FIELDS):
+        fields = {f for f in mapped.values() if f}
+        if all(f in fields for f in REQUIRED_FIELDS) and fields & set(AMOUNT_FIELDS):
             return Layout(name, mapped)
     raise LayoutError(
         f"columns {columns} fit no known layout: each needs {list(REQUIRED_FIELDS)} and "

@@ -28,6 +28,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from typing import cast
 from urllib.parse import quote, urlencode
 
 from ledger_backfill_dagster.lib.errors import SettingsError
@@ -111,7 +112,8 @@ class ScbSource(PagedHttpSource):
         resume: object | None,
         number: int,
     ) -> Page:
-        page_number = int(resume) if resume is not None else 1
+        # the resume is the next page's number, as this reader wrote it (Page.next_resume)
+        page_number = int(cast(int, resume)) if resume is not None else 1
         params = {
             "from": utc_iso(window[0]),
             "to": utc_iso(window[1]),

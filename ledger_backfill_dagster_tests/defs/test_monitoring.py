@@ -14,11 +14,12 @@ import psycopg
 import pytest
 
 from ledger_backfill_dagster import cli
-from ledger_backfill_dagster.defs.operations.sensors import stalled_backfill_sensor
+from ledger_backfill_dagster.definitions import build_definitions
 from ledger_backfill_dagster.defs.operations.status import STALL_CHECK, STATUS_ASSET
 from ledger_backfill_dagster.ledger.status import read_status
 from ledger_backfill_dagster.resources.alerts import StallAlertHook
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster.resources.settings import MonitoringSettings
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.support.helpers import materialize_range
 
@@ -161,12 +162,15 @@ def webhook() -> Iterator[_Webhook]:
 
 
 def _evaluate(ledger_db, hook_url, cursor=None, instance=None):
-    context = dg.build_sensor_context(
-        cursor=cursor,
-        instance=instance,
-        resources={"ledger_db": ledger_db, "stall_alerts": StallAlertHook(webhook_url=hook_url)},
-    )
-    return stalled_backfill_sensor(context), context
+    """One tick of the code location's sensor, on this database and webhook."""
+    resources = {
+        "ledger_db": ledger_db,
+        "stall_alerts": StallAlertHook(webhook_url=hook_url),
+        "monitoring": MonitoringSettings(),  # the default threshold: 3600 s
+    }
+    sensor = build_definitions(resources).get_unresolved_sensor_def("stalled_backfill_sensor")
+    context = dg.build_sensor_context(cursor=cursor, instance=instance, resources=resources)
+    return sensor(context), context
 
 
 def _check_events(result) -> list[dg.AssetCheckEvaluation]:
@@ -255,14 +259,14 @@ def test_alert_hook_off_by_default_and_failures_hide_the_url(
 def test_no_stalled_backfills_check_runs_on_demand(
     ledger_db: LedgerDatabase, conn: psycopg.Connection
 ) -> None:
-    from ledger_backfill_dagster.defs.operations.status import backfill_status, no_stalled_backfills
+    from ledger_backfill_dagster.defs.operations.status import no_stalled_backfills
 
-    defs = dg.Definitions(
-        assets=[backfill_status],
-        asset_checks=[no_stalled_backfills],
-        resources={"ledger_db": ledger_db},
+    check_only = dg.define_asset_job(
+        "stall_check", selection=dg.AssetSelection.checks(no_stalled_backfills)
     )
-    job = defs.resolve_implicit_global_asset_job_def()
+    job = build_definitions(
+        {"ledger_db": ledger_db, "monitoring": MonitoringSettings()}, jobs=[check_only]
+    ).resolve_job_def("stall_check")
     ok = job.execute_in_process()
     (evaluation,) = ok.get_asset_check_evaluations()
     assert evaluation.passed

@@ -31,8 +31,7 @@ from ledger_backfill_dagster.ledger.rejects import (
     replace_rejects,
 )
 from ledger_backfill_dagster.ledger.reports import write_error_report
-from ledger_backfill_dagster.resources.settings import BackfillSettings
-from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.settings import MonitoringSettings, SourceSettings
 from ledger_backfill_dagster.resources.stage_store import (
     StageStore,
     frame_table,
@@ -153,8 +152,8 @@ def _stored_rejects(database_url: str, source_id: str) -> dict[str, list[tuple]]
 def _assert_one_by_one(database_url: str, result, tmp_path: Path, label: str) -> int:
     """Every partition's transformed and validated frames, stored rejects and error report are
     what the pre-grouping code made, partition by partition. Returns the rejects seen."""
-    settings = BackfillSettings.from_env()
-    source = make_source(settings)
+    reports = MonitoringSettings.from_env().reports_path
+    source = SourceSettings.from_env().reader()
     store = StageStore.default()
     sk = source.source_key
     with psycopg.connect(database_url) as conn:
@@ -190,7 +189,7 @@ def _assert_one_by_one(database_url: str, result, tmp_path: Path, label: str) ->
         ]
         assert stored.get(key, []) == expected_rows, key
 
-        report = settings.reports_path / sk / "errors" / f"{key}.csv"
+        report = reports / sk / "errors" / f"{key}.csv"
         wanted = write_error_report(reference_reports, sk, key, rejects)
         if wanted is None:
             assert not report.exists(), key
@@ -234,12 +233,12 @@ def test_grouped_stages_match_one_partition_at_a_time(
     # Days 1–4 (day 3 empty), day 5 alone (over the limit), days 6–8.
     assert calls == {"transform": 3, "split": 3}
     assert _assert_one_by_one(database_url, first, tmp_path, "first") > 10
-    source_id = make_source(BackfillSettings.from_env()).source_id
+    source_id = SourceSettings.from_env().reader().source_id
     stored = _stored_rejects(database_url, source_id)
     assert FIXED_DAY in stored and NEWLY_BAD_DAY not in stored
     errors = (
-        BackfillSettings.from_env().reports_path
-        / make_source(BackfillSettings.from_env()).source_key
+        MonitoringSettings.from_env().reports_path
+        / SourceSettings.from_env().reader().source_key
         / "errors"
     )
     assert (errors / f"{FIXED_DAY}.csv").exists()
@@ -375,7 +374,7 @@ def test_contract_error_in_a_group_names_its_partition(
     when partitions were validated one at a time; the partitions before it are validated."""
     assert materialize_range(DAYS[0], DAYS[-1], assets=STAGES).success
     store = StageStore.default()
-    sk = make_source(BackfillSettings.from_env()).source_key
+    sk = SourceSettings.from_env().reader().source_key
     broken = store.path(sk, "transformed", "2024-01-02")
     frame = pd.read_parquet(broken).drop(columns=["amount"])
     frame.to_parquet(broken, index=False)

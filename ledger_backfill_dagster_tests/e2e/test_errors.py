@@ -23,13 +23,13 @@ import pytest
 from ledger_backfill_dagster.defs.backfill.common import no_partitions
 from ledger_backfill_dagster.entries.transform import load_mapping
 from ledger_backfill_dagster.ledger.accounts import AccountsFileError, read_accounts_file
-from ledger_backfill_dagster.lib.env import NUMERIC_LIMITS, env_int
+from ledger_backfill_dagster.lib.env import NUMERIC_LIMITS
 from ledger_backfill_dagster.lib.errors import SettingsError
 from ledger_backfill_dagster.lib.user_files import UserFileError
 from ledger_backfill_dagster.resources.settings import (
-    FIELD_SETTINGS,
-    BackfillSettings,
-    stall_threshold_seconds,
+    SETTINGS_RESOURCES,
+    PostingSettings,
+    numeric_setting,
 )
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster.sources.layout import LayoutError, load_column_map
@@ -43,14 +43,9 @@ FLOAT_SETTINGS = {"BACKFILL_SOURCE_TIMEOUT", "BACKFILL_SOURCE_MAX_RETRY_AFTER"}
 
 
 def read_setting(name: str) -> object:
-    """Read `name` the way the code does."""
-    if name == "STALL_THRESHOLD_SECONDS":
-        return stall_threshold_seconds()
-    if name == "STALL_SENSOR_INTERVAL_SECONDS":  # read once, when sensors.py is imported
-        return env_int(name, 60, minimum=1)
-    settings = BackfillSettings.from_env()
-    field = next(f for f, setting in FIELD_SETTINGS.items() if setting == name)
-    return getattr(settings, field)
+    """Read `name` the way the code does: through the settings resource that holds it."""
+    resource, field = numeric_setting(name)
+    return getattr(resource.from_env(), field)
 
 
 def shown(value: float) -> str:
@@ -58,7 +53,13 @@ def shown(value: float) -> str:
 
 
 def test_every_numeric_setting_is_listed_with_its_range() -> None:
-    assert set(FIELD_SETTINGS.values()) <= set(NUMERIC_LIMITS)
+    numeric = {
+        variable
+        for resource in SETTINGS_RESOURCES
+        for field, variable in resource.ENV.items()
+        if resource.model_fields[field].annotation in (int, float)
+    }
+    assert numeric == set(NUMERIC_LIMITS)
     for low, high in NUMERIC_LIMITS.values():
         assert 0 <= low < high < 2**31
 
@@ -89,10 +90,12 @@ def test_a_numeric_setting_outside_its_range_fails_naming_it(
 
 
 def test_a_launchpad_value_outside_its_range_fails_naming_the_variable() -> None:
-    with pytest.raises(ValueError, match=r"BATCH_SIZE must be from 1 to 1,000,000"):
-        BackfillSettings(batch_size=10**20)
-    with pytest.raises(ValueError, match=r"PARALLEL_WORKERS must be from 1 to 64"):
-        BackfillSettings(parallel_workers=0)
+    with pytest.raises(ValueError, match=r"batch_size: BATCH_SIZE must be from 1 to 1,000,000"):
+        PostingSettings(batch_size=10**20)
+    with pytest.raises(
+        ValueError, match=r"parallel_workers: PARALLEL_WORKERS must be from 1 to 64"
+    ):
+        PostingSettings(parallel_workers=0)
 
 
 # -- user-supplied files ----------------------------------------------------------------------
@@ -276,7 +279,7 @@ def test_out_of_range_numbers_fail_before_any_run(command_env: dict[str, str], t
     assert "pyarrow" not in text and "STEP_START" not in text
 
     config = tmp_path / "run_config.json"
-    config.write_text(json.dumps({"resources": {"settings": {"config": {"batch_size": 10**20}}}}))
+    config.write_text(json.dumps({"resources": {"posting": {"config": {"batch_size": 10**20}}}}))
     done = run(
         [
             str(BIN / "dagster"),

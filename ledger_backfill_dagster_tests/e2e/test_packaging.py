@@ -45,7 +45,11 @@ print(json.dumps({
     "package": ledger_backfill_dagster.__file__,
     "sql_dir": str(folder),
     "files": sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.sql")),
-    "queries": {p.stem: query(p.stem) for p in (folder / "queries").glob("*.sql")},
+    "queries": {
+        name: query(name)
+        for p in (folder / "queries").rglob("*.sql")
+        if (name := p.relative_to(folder / "queries").with_suffix("").as_posix())
+    },
 }))
 """
 
@@ -73,6 +77,8 @@ def _install_wheel(tmp_path: Path) -> Path:
 
 def test_installed_wheel_migrates_and_reads_every_query(tmp_path: Path, database_url: str) -> None:
     site = _install_wheel(tmp_path)
+    # PEP 561: the marker that lets a user's type checker read the package's annotations
+    assert (site / "ledger_backfill_dagster" / "py.typed").is_file()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "LEDGER_SQL_DIR"}
@@ -85,9 +91,12 @@ def test_installed_wheel_migrates_and_reads_every_query(tmp_path: Path, database
     assert Path(out["sql_dir"]) == site / "ledger_backfill_dagster" / "_sql"
     repo_files = sorted(p.relative_to(REPO_SQL).as_posix() for p in REPO_SQL.rglob("*.sql"))
     assert out["files"] == repo_files
+    queries = REPO_SQL / "queries"
     assert out["queries"] == {
-        p.stem: p.read_text(encoding="utf-8") for p in (REPO_SQL / "queries").glob("*.sql")
+        p.relative_to(queries).with_suffix("").as_posix(): p.read_text(encoding="utf-8")
+        for p in queries.rglob("*.sql")
     }
+    assert all("/" in name for name in out["queries"]), "every query sits in an area folder"
     with psycopg.connect(database_url) as conn:
         tables = {t for (t,) in conn.execute("SELECT tablename FROM pg_tables")}
         applied = [v for (v,) in conn.execute("SELECT version FROM ledger_schema_migrations")]

@@ -21,8 +21,7 @@ import pytest
 from dagster._serdes import serialize_value
 from psycopg import sql
 
-from ledger_backfill_dagster.definitions import ledger_database
-from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.definitions import build_definitions, ledger_database
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.support.helpers import ASSETS, assert_ledger_invariants
 from ledger_backfill_dagster_tests.support.pg_roles import login_role, unique_prefix
@@ -97,11 +96,9 @@ def secret_env(
 
 def _job() -> dg.JobDefinition:
     """The backfill job with the code location's own resources: DATABASE_URL as an EnvVar."""
-    return dg.Definitions(
-        assets=ASSETS,
-        resources={"settings": BackfillSettings.from_env(), "ledger_db": ledger_database()},
-        jobs=[dg.define_asset_job("secret_backfill", selection=dg.AssetSelection.all())],
-        executor=dg.in_process_executor,
+    selection = dg.AssetSelection.assets(*ASSETS).without_checks()
+    return build_definitions(
+        jobs=[dg.define_asset_job("secret_backfill", selection=selection)]
     ).resolve_job_def("secret_backfill")
 
 

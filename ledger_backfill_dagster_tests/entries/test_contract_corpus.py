@@ -18,8 +18,7 @@ import psycopg
 import pytest
 
 from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
-from ledger_backfill_dagster.resources.settings import BackfillSettings
-from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.settings import MonitoringSettings, SourceSettings
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
     materialize_range,
@@ -728,8 +727,8 @@ def test_corpus_every_line_gets_its_outcome(corpus_env, database_url: str) -> No
     assert len(validated["by_partition"].value.records) == len(DAYS)
 
     # One error report per partition lists its rejects; one lists those of no partition.
-    source = make_source(BackfillSettings.from_env())
-    errors = BackfillSettings.from_env().reports_path / source.source_key / "errors"
+    source = SourceSettings.from_env().reader()
+    errors = MonitoringSettings.from_env().reports_path / source.source_key / "errors"
     for day in DAYS:
         listed = _report_lines(errors / f"{day}.csv")
         assert listed == {line for line, r in rejects.items() if r["partition_key"] == day}

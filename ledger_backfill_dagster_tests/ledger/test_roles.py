@@ -185,7 +185,7 @@ def test_rollback_job_needs_the_rollback_role(
     rollback role's."""
     import dagster as dg
 
-    from ledger_backfill_dagster.defs.maintenance.jobs import rollback_job
+    from ledger_backfill_dagster.definitions import build_definitions
     from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 
     data = generate(tmp_path / "data", entries=600, days=2, accounts=12, start=date(2024, 1, 1))
@@ -207,9 +207,9 @@ def test_rollback_job_needs_the_rollback_role(
     }
 
     def rollback_as(url: str) -> dg.ExecuteInProcessResult:
-        job = dg.Definitions(
-            jobs=[rollback_job], resources={"ledger_db": LedgerDatabase(database_url=url)}
-        ).resolve_job_def("rollback_job")
+        job = build_definitions({"ledger_db": LedgerDatabase(database_url=url)}).resolve_job_def(
+            "rollback_job"
+        )
         with dg.instance_for_test() as instance:
             return job.execute_in_process(
                 run_config=run_config, instance=instance, raise_on_error=False

@@ -24,8 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
-from ledger_backfill_dagster.resources.settings import BackfillSettings
-from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.settings import MonitoringSettings, SourceSettings
 from ledger_backfill_dagster.sources import csv_source
 from ledger_backfill_dagster.sources.csv_reader import (
     MalformedLine,
@@ -307,8 +306,8 @@ def test_cli_run_posts_nothing_from_inside_quotes(quote_sources, database_url: s
         assert rejects[1][2] == written["rest"].rstrip("\n")
         assert_ledger_invariants(conn)
 
-    source = make_source(BackfillSettings.from_env())
-    folder = BackfillSettings.from_env().reports_path / source.source_key / "reconciliation"
+    source = SourceSettings.from_env().reader()
+    folder = MonitoringSettings.from_env().reports_path / source.source_key / "reconciliation"
     report = (folder / "2024-01-01_2024-01-02.md").read_text()
     assert "# Reconciliation: RECONCILES" in report
     # read = posted + duplicates + conflicts + rejected: 7 + 0 + 0 + 2

@@ -12,17 +12,13 @@ import dagster as dg
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.defs.dual_ledger.sync import (
-    dual_ledger_consistency,
-    dual_ledger_outbox_relay_job,
-)
+from ledger_backfill_dagster.definitions import build_definitions
+from ledger_backfill_dagster.defs.dual_ledger.sync import dual_ledger_consistency
 from ledger_backfill_dagster.defs.operations.schedules import scb_daily_sync_schedule
 from ledger_backfill_dagster.ledger.dual_ledger import check_dual_ledger
 from ledger_backfill_dagster.ledger.outbox import RelayOptions, relay_outbox
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
-from ledger_backfill_dagster.resources.source_connection import OutboxEndpoint
-from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.settings import SourceSettings
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.sources.test_api import all_event_text, failure_text
 from ledger_backfill_dagster_tests.support.helpers import (
@@ -52,23 +48,18 @@ def server():
 
 
 def _definitions() -> dg.Definitions:
-    return dg.Definitions(
-        assets=ASSETS,
-        asset_checks=[dual_ledger_consistency],
+    """The code location (settings and the outbox endpoint from the environment), with the
+    stages and the dual-ledger check as one job, and the check alone as another."""
+    consistency = dg.AssetSelection.checks(dual_ledger_consistency)
+    return build_definitions(
+        resources={"ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"])},
         jobs=[
-            dg.define_asset_job("scb_backfill", selection=dg.AssetSelection.all()),
             dg.define_asset_job(
-                "dual_ledger_check_only",
-                selection=dg.AssetSelection.checks(dual_ledger_consistency),
+                "scb_backfill",
+                selection=dg.AssetSelection.assets(*ASSETS).without_checks() | consistency,
             ),
-            dual_ledger_outbox_relay_job,
+            dg.define_asset_job("dual_ledger_check_only", selection=consistency),
         ],
-        resources={
-            "settings": BackfillSettings.from_env(),
-            "ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"]),
-            "outbox_endpoint": OutboxEndpoint.from_env(),
-        },
-        executor=dg.in_process_executor,
     )
 
 
@@ -215,7 +206,7 @@ def test_scb_backfill_outbox_relay_and_dual_ledger_check(server, scb_env, databa
 
     # 5. And a day whose SCB control totals say more than our ledger holds.
     server.extra_scb_totals["2024-01-01"] = {"USD": (1, "5.00")}
-    source = make_source(BackfillSettings.from_env())  # as the CLI does, outside a run
+    source = SourceSettings.from_env().reader()  # as the CLI does, outside a run
     with source.client() as client:
         totals = {d: source.control_totals(client, d) for d in ("2024-01-01", "2024-01-02")}
     with psycopg.connect(database_url) as conn:
@@ -288,14 +279,14 @@ def test_daily_schedule_syncs_yesterday_only_for_an_scb_source() -> None:
     tick = datetime(2024, 3, 10, 1, 30, tzinfo=UTC)
     with dg.build_schedule_context(
         scheduled_execution_time=tick,
-        resources={"settings": BackfillSettings(source_type="SCB", scb_sovereign_bank_id=BANK)},
+        resources={"source": SourceSettings(source_type="SCB", scb_sovereign_bank_id=BANK)},
     ) as context:
         request = scb_daily_sync_schedule(context)
     assert isinstance(request, dg.RunRequest)
     assert request.partition_key == "2024-03-09"
     assert request.run_key == "scb-daily-sync-2024-03-09"
     with dg.build_schedule_context(
-        scheduled_execution_time=tick, resources={"settings": BackfillSettings()}
+        scheduled_execution_time=tick, resources={"source": SourceSettings()}
     ) as context:
         skipped = scb_daily_sync_schedule(context)
     assert isinstance(skipped, dg.SkipReason) and "not SCB" in skipped.skip_message

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
-from ledger_backfill_dagster.resources.settings import BackfillSettings
-from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.settings import MonitoringSettings, SourceSettings
 from ledger_backfill_dagster_tests.support.helpers import REPO, cli_materialize
 
 DAY = "2024-01-01"
@@ -91,8 +90,8 @@ class Cli:
     @property
     def reports(self) -> Path:
         """This source's reports folder."""
-        settings = BackfillSettings.from_env()
-        return settings.reports_path / make_source(settings).source_key
+        source = SourceSettings.from_env().reader()
+        return MonitoringSettings.from_env().reports_path / source.source_key
 
 
 def ok(done: subprocess.CompletedProcess) -> None:

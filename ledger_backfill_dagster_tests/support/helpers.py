@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
+from ledger_backfill_dagster.definitions import build_definitions
 from ledger_backfill_dagster.defs.backfill.checks import LEDGER_CHECKS
 from ledger_backfill_dagster.defs.backfill.extract import extracted_source
 from ledger_backfill_dagster.defs.backfill.post import posted_batches
@@ -21,7 +22,6 @@ from ledger_backfill_dagster.defs.backfill.transform import transformed_entries
 from ledger_backfill_dagster.defs.backfill.validate import validated_entries
 from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
 
 ASSETS = [
     extracted_source,
@@ -33,23 +33,33 @@ ASSETS = [
 REPO = Path(__file__).resolve().parents[2]
 
 
+def backfill_job(
+    name: str, assets: list[dg.AssetsDefinition | dg.AssetKey] | None = None, **resources: object
+) -> dg.JobDefinition:
+    """A job of `assets` (default: all five stages) in the code location's own definitions:
+    settings from the current environment, like the CLI, and the ledger database by its literal
+    DATABASE_URL, unless `resources` give others. The ledger invariants are evaluated in every
+    run that materializes the report. (`execute_in_process` runs in process whatever the code
+    location's executor.)"""
+    selected = assets or ASSETS
+    selection = dg.AssetSelection.assets(*selected).without_checks()
+    if {reconciliation_report, reconciliation_report.key} & set(selected):
+        selection = selection | dg.AssetSelection.checks(*LEDGER_CHECKS)
+    job = dg.define_asset_job(name, selection=selection)
+    defs = build_definitions(
+        resources={"ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"])}
+        | resources,
+        jobs=[job],
+    )
+    return defs.resolve_job_def(name)
+
+
 def materialize_range(
     first: str, last: str, *, raise_on_error: bool = True, assets: list | None = None
 ) -> dg.ExecuteInProcessResult:
     """A real in-process materialization of the partition range, as a single-run backfill,
     configured from the current environment (like the CLI)."""
-    selected = assets or ASSETS
-    job = dg.Definitions(
-        assets=selected,
-        # The ledger invariants are evaluated in every run that materializes the report.
-        asset_checks=LEDGER_CHECKS if reconciliation_report in selected else [],
-        resources={
-            "settings": BackfillSettings.from_env(),
-            "ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"]),
-        },
-        jobs=[dg.define_asset_job("test_backfill", selection=dg.AssetSelection.all())],
-        executor=dg.in_process_executor,
-    ).resolve_job_def("test_backfill")
+    job = backfill_job("test_backfill", assets)
     with dg.instance_for_test() as instance:
         return job.execute_in_process(
             instance=instance,
@@ -291,16 +301,10 @@ class BackfillRunner:
 
     def __init__(self, instance: dg.DagsterInstance) -> None:
         self.instance = instance
-        self.job = dg.Definitions(
-            assets=ASSETS,
-            asset_checks=LEDGER_CHECKS,
-            resources={
-                "settings": BackfillSettings.from_env(),
-                "ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"]),
-            },
-            jobs=[dg.define_asset_job("backfill", selection=dg.AssetSelection.all())],
-            executor=dg.in_process_executor,
-        ).resolve_job_def("backfill")
+        self.job = backfill_job("backfill")
+        # A run of some assets is a job of its own: `execute_in_process(asset_selection=...)`
+        # would bring every check of the code location on them, not the ledger's alone.
+        self.jobs: dict[tuple[dg.AssetKey, ...], dg.JobDefinition] = {}
 
     def __call__(
         self,
@@ -309,9 +313,14 @@ class BackfillRunner:
         assets: list[dg.AssetKey] | None = None,
         raise_on_error: bool = False,
     ) -> dg.ExecuteInProcessResult:
-        return self.job.execute_in_process(
+        job = self.job
+        if assets:
+            key = tuple(sorted(assets, key=dg.AssetKey.to_user_string))
+            if key not in self.jobs:
+                self.jobs[key] = backfill_job("backfill", list(key))
+            job = self.jobs[key]
+        return job.execute_in_process(
             instance=self.instance,
-            asset_selection=assets,
             tags={
                 "dagster/asset_partition_range_start": first,
                 "dagster/asset_partition_range_end": last or first,

@@ -45,9 +45,9 @@ from ledger_backfill_dagster.ledger.reconcile import (
 from ledger_backfill_dagster.lib.errors import SettingsError
 from ledger_backfill_dagster.lib.sql_files import query
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
-from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.settings import SourceSettings
 from ledger_backfill_dagster.resources.stage_store import StageStore
+from ledger_backfill_dagster.sources.base import SourceReader
 
 SHOWN = 50  # rows of evidence kept in a check's metadata
 
@@ -56,9 +56,9 @@ def _keys(context: dg.AssetCheckExecutionContext) -> list[str]:
     return sorted(context.partition_keys)
 
 
-def _source(settings: BackfillSettings):
+def _reader(source: SourceSettings) -> SourceReader:
     try:
-        return make_source(settings)
+        return source.reader()
     except SettingsError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
@@ -71,8 +71,8 @@ def _source(settings: BackfillSettings):
 )
 def debits_equal_credits(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
     with ledger_db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        totals = cur.execute(query("currency_totals")).fetchall()
-        by_currency = cur.execute(query("balances_by_currency")).fetchall()
+        totals = cur.execute(query("reconcile/currency_totals")).fetchall()
+        by_currency = cur.execute(query("reconcile/balances_by_currency")).fetchall()
     unbalanced = [t for t in totals if not t["balanced"]]
     inconsistent = [c for c in by_currency if not c["consistent"]]
     return dg.AssetCheckResult(
@@ -104,7 +104,7 @@ def debits_equal_credits(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
 )
 def balances_match_entries(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
     with ledger_db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        drift = cur.execute(query("balance_drift")).fetchall()
+        drift = cur.execute(query("reconcile/balance_drift")).fetchall()
     return dg.AssetCheckResult(
         passed=not drift,
         description=(
@@ -130,7 +130,7 @@ def balances_match_entries(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
 )
 def no_duplicate_references(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
     with ledger_db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        duplicates = cur.execute(query("duplicate_references")).fetchall()
+        duplicates = cur.execute(query("reconcile/duplicate_references")).fetchall()
     return dg.AssetCheckResult(
         passed=not duplicates,
         description=(
@@ -162,14 +162,15 @@ def rows_read(store: StageStore, source_key: str, keys: list[str]) -> dict[str, 
     "read = posted + duplicates + conflicts + rejected.",
 )
 def source_rows_accounted_for(
-    context: dg.AssetCheckExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetCheckExecutionContext, source: SourceSettings, ledger_db: LedgerDatabase
 ) -> dg.AssetCheckResult:
-    source = _source(settings)
+    reader = _reader(source)
     keys = _keys(context)
-    read = rows_read(StageStore.default(), source.source_key, keys)
+    read = rows_read(StageStore.default(), reader.source_key, keys)
     with ledger_db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            query("partition_accounting"), {"source_id": source.source_id, "partition_keys": keys}
+            query("reconcile/partition_accounting"),
+            {"source_id": reader.source_id, "partition_keys": keys},
         ).fetchall()
     for row in rows:
         row["read"] = read[row["partition_key"]]
@@ -214,15 +215,16 @@ def source_rows_accounted_for(
     "SCB sync), as does every other entry; no outbox row outlives its entry.",
 )
 def outbox_coverage(
-    context: dg.AssetCheckExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetCheckExecutionContext, source: SourceSettings, ledger_db: LedgerDatabase
 ) -> dg.AssetCheckResult:
-    source = _source(settings)
+    reader = _reader(source)
     keys = _keys(context)
     with ledger_db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         statuses = cur.execute(
-            query("outbox_status"), {"source_id": source.source_id, "partition_keys": keys}
+            query("dual_ledger/outbox_status"),
+            {"source_id": reader.source_id, "partition_keys": keys},
         ).fetchall()
-        ledger = cur.execute(query("outbox_coverage")).fetchone() or {}
+        ledger = cur.execute(query("dual_ledger/outbox_coverage")).fetchone() or {}
     missing_here = sum(s["count"] for s in statuses if s["status"] == "MISSING")
     missing_anywhere = int(ledger.get("entries_without_outbox", 0))
     orphans = int(ledger.get("outbox_without_entry", 0))
@@ -238,7 +240,7 @@ def outbox_coverage(
         passed=passed,
         description="every entry has its outbox row" if passed else "; ".join(problems),
         metadata={
-            "source_type": dg.MetadataValue.text(source.source_type),
+            "source_type": dg.MetadataValue.text(reader.source_type),
             "entries_without_outbox_in_partitions": dg.MetadataValue.int(missing_here),
             "entries_without_outbox_in_ledger": dg.MetadataValue.int(missing_anywhere),
             "outbox_rows_without_entry": dg.MetadataValue.int(orphans),
@@ -259,17 +261,17 @@ def outbox_coverage(
     "partitions equal what the ledger posted plus what it held as duplicates or conflicts.",
 )
 def control_totals_match(
-    context: dg.AssetCheckExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetCheckExecutionContext, source: SourceSettings, ledger_db: LedgerDatabase
 ) -> dg.AssetCheckResult:
-    source = _source(settings)
+    reader = _reader(source)
     keys = _keys(context)
-    validated = StageStore.default().validated_paths(source.source_key, keys)
+    validated = StageStore.default().validated_paths(reader.source_key, keys)
     source_totals = source_control_totals(validated)
     with ledger_db.connection() as conn:
         totals = control_totals(
             source_totals,
-            ledger_totals(conn, source.source_id, keys),
-            held_totals(conn, source.source_id, keys),
+            ledger_totals(conn, reader.source_id, keys),
+            held_totals(conn, reader.source_id, keys),
         )
     off = [t for t in totals if not t.matches]
     return dg.AssetCheckResult(

@@ -10,8 +10,7 @@ import dagster as dg
 from ledger_backfill_dagster.lib.errors import SettingsError
 from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.lib.user_files import UserFileError
-from ledger_backfill_dagster.resources.settings import BackfillSettings
-from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.settings import SourceSettings
 from ledger_backfill_dagster.resources.stage_store import StageStore
 from ledger_backfill_dagster.sources.base import SourceReader
 
@@ -35,18 +34,18 @@ class Stage:
     run_id: str
 
 
-def stage(context: dg.AssetExecutionContext, settings: BackfillSettings) -> Stage:
+def stage(context: dg.AssetExecutionContext, source: SourceSettings) -> Stage:
     """Every partition this run covers (a single-run backfill covers many: never just the first)."""
     keys = sorted(context.partition_keys)
     if not keys:
         raise dg.Failure(description=no_partitions(context.run.tags), allow_retries=False)
     try:
-        source = make_source(settings)
+        reader = source.reader()
     except SettingsError as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
     return Stage(
         keys=keys,
-        source=source,
+        source=reader,
         store=StageStore.default(),
         run_id=context.run.run_id,
     )

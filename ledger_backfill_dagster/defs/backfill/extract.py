@@ -11,7 +11,7 @@ from ledger_backfill_dagster.defs.backfill.common import (
 from ledger_backfill_dagster.defs.partitions import daily_partitions
 from ledger_backfill_dagster.ledger.rejects import replace_rejects
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.settings import SourceSettings
 
 
 @dg.asset(
@@ -21,7 +21,7 @@ from ledger_backfill_dagster.resources.settings import BackfillSettings
     kinds={"python", "parquet"},
 )
 def extracted_source(
-    context: dg.AssetExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetExecutionContext, source: SourceSettings, ledger_db: LedgerDatabase
 ) -> dg.MaterializeResult:
     """Source rows of each UTC day, staged as Parquet with their file, line and parsed timestamp.
 
@@ -29,7 +29,7 @@ def extracted_source(
     Lines that cannot be read and rows whose timestamp places them in no partition are
     quarantined once per source in ledger_backfill_rejects (stage 'extract').
     """
-    s = stage(context, settings)
+    s = stage(context, source)
     ledger_db.migrate()
     try:
         result = s.source.extract(s.keys, s.store.root)

@@ -19,21 +19,16 @@ from ledger_backfill_dagster.ledger.errors import PausedError, PostingError
 from ledger_backfill_dagster.ledger.posting import (
     BatchStats,
     PartitionPlan,
-    PostingOptions,
     PostingOutcome,
     PostingSessions,
     pause_requested,
     post_partition,
 )
 from ledger_backfill_dagster.lib.redaction import redact
+from ledger_backfill_dagster.lib.sql_files import query
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.settings import PostingSettings, SourceSettings
 from ledger_backfill_dagster.resources.stage_store import StageStore, arrow_text
-
-REJECTS_BY_PARTITION = """
-SELECT partition_key, count(*) FROM ledger_backfill_rejects
- WHERE source_id = %s AND partition_key = ANY(%s) GROUP BY partition_key
-"""
 
 
 class _Progress:
@@ -81,7 +76,10 @@ class _Progress:
     ),
 )
 def posted_batches(
-    context: dg.AssetExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetExecutionContext,
+    source: SourceSettings,
+    posting: PostingSettings,
+    ledger_db: LedgerDatabase,
 ) -> dg.MaterializeResult:
     """Validated entries posted to the ledger, BATCH_SIZE per transaction.
 
@@ -89,11 +87,13 @@ def posted_batches(
     checkpoint in the same transaction. Re-running resumes after the last committed batch and
     skips COMPLETED partitions (FORCE_REDO to redo). Identical repeats of a reference are skipped
     as duplicates, changed ones held as conflicts; both are counted and queryable."""
-    s = stage(context, settings)
+    s = stage(context, source)
     ledger_db.migrate()
     run_started = datetime.now(UTC)
     with ledger_db.connection() as conn:
-        rejected = dict(conn.execute(REJECTS_BY_PARTITION, (s.source.source_id, s.keys)).fetchall())
+        rejected = dict(
+            conn.execute(query("rejects/by_partition"), (s.source.source_id, s.keys)).fetchall()
+        )
 
     # Plans load their entries only when their partition is posted: a run's memory follows one
     # partition (times PARALLEL_WORKERS), not the whole range.
@@ -107,15 +107,7 @@ def posted_batches(
             rejected=int(rejected.get(key, 0)),
         )
 
-    options = PostingOptions(
-        batch_size=settings.batch_size,
-        skip_duplicates=settings.skip_duplicates,
-        validate_balances=settings.validate_balances,
-        checkpoint_interval=settings.checkpoint_interval,
-        max_retries=settings.max_retries,
-        retry_delay_ms=settings.retry_delay_ms,
-        force_redo=settings.force_redo,
-    )
+    options = posting.options()
     progress = _Progress(
         context, sum(s.store.row_count(s.source.source_key, "validated", k) for k in s.keys)
     )
@@ -138,7 +130,7 @@ def posted_batches(
         return outcome
 
     with sessions:
-        outcomes = _post_all(s.keys, post, settings.parallel_workers, stop)
+        outcomes = _post_all(s.keys, post, posting.parallel_workers, stop)
     context.log.info(
         f"balance checks: {verifier.full_checks} account(s) summed in full, "
         f"{verifier.incremental_checks} checked incrementally"

@@ -8,7 +8,7 @@ from ledger_backfill_dagster.defs.partitions import daily_partitions
 from ledger_backfill_dagster.ledger.reconcile import reconcile_source
 from ledger_backfill_dagster.ledger.reports import summary_markdown, write_reconciliation
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.settings import MonitoringSettings, SourceSettings
 
 
 @dg.asset(
@@ -19,7 +19,10 @@ from ledger_backfill_dagster.resources.settings import BackfillSettings
     deps=[posted_batches],
 )
 def reconciliation_report(
-    context: dg.AssetExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetExecutionContext,
+    source: SourceSettings,
+    monitoring: MonitoringSettings,
+    ledger_db: LedgerDatabase,
 ) -> dg.MaterializeResult:
     """Proof that the backfill reconciles, per partition and for the whole source: every source
     row accounted for (read = posted + duplicates + conflicts + rejected), control totals per
@@ -27,7 +30,7 @@ def reconciliation_report(
     entries (the seed's 6.2, fixed), outbox coverage (6.3). Also written as Markdown and CSV
     under the reports folder. The report is always written; each problem it can list has a
     blocking asset check (checks.py), so a report that does not reconcile fails the run."""
-    s = stage(context, settings)
+    s = stage(context, source)
     with ledger_db.connection() as conn:
         r = reconcile_source(
             conn,
@@ -36,7 +39,7 @@ def reconciliation_report(
             s.store.validated_paths(s.source.source_key, s.keys),
             s.keys,
         )
-    path = write_reconciliation(settings.reports_path, s.source.source_key, r)
+    path = write_reconciliation(monitoring.reports_path, s.source.source_key, r)
     if r.reconciles:
         context.log.info(f"reconciliation: RECONCILES ({r.rows_read} rows read); report {path}")
     else:

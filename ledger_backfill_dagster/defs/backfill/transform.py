@@ -6,7 +6,7 @@ import pyarrow as pa
 from ledger_backfill_dagster.defs.backfill.common import GROUP, source_failure, stage
 from ledger_backfill_dagster.defs.backfill.extract import extracted_source
 from ledger_backfill_dagster.defs.partitions import daily_partitions
-from ledger_backfill_dagster.entries.transform import TransformRules, load_mapping, transform
+from ledger_backfill_dagster.entries.transform import TransformRules, transform
 from ledger_backfill_dagster.ledger.accounts import (
     AccountsFileError,
     account_currencies,
@@ -14,7 +14,7 @@ from ledger_backfill_dagster.ledger.accounts import (
     read_accounts_file,
 )
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.settings import SourceSettings, TransformSettings
 from ledger_backfill_dagster.resources.stage_store import (
     StageStore,
     partition_groups,
@@ -39,27 +39,23 @@ GROUP_ROWS = 50_000
     deps=[extracted_source],
 )
 def transformed_entries(
-    context: dg.AssetExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetExecutionContext,
+    source: SourceSettings,
+    transform: TransformSettings,
+    ledger_db: LedgerDatabase,
 ) -> dg.MaterializeResult:
     """Each day's rows mapped onto the ledger entry contract: account and transaction type
     mapping, defaults (LEDGER_ID, fiat), trimmed amounts and currencies, UTC timestamps,
     deterministic reference ids where the source has none, metadata as a JSON object, and the
     credit side of FX entries. Loads ACCOUNTS_FILE into bank_accounts first."""
-    s = stage(context, settings)
+    s = stage(context, source)
     try:
         with ledger_db.connection() as conn:
-            if settings.accounts_file:
-                added = load_accounts(conn, read_accounts_file(settings.accounts_file))
+            if transform.accounts_file:
+                added = load_accounts(conn, read_accounts_file(transform.accounts_file))
                 context.log.info(f"chart of accounts: {added} new account(s) loaded")
             currencies = account_currencies(conn)
-        rules = TransformRules(
-            default_ledger_id=settings.ledger_id,
-            account_map=load_mapping(settings.account_map_file, "ACCOUNT_MAP_FILE"),
-            transaction_type_map=load_mapping(
-                settings.transaction_type_map_file, "TRANSACTION_TYPE_MAP_FILE"
-            ),
-            account_currencies=currencies,
-        )
+        rules = transform.rules(currencies)
     except (OSError, AccountsFileError, ValueError) as exc:
         raise source_failure(exc) from exc
     total = generated = 0

@@ -2,6 +2,7 @@
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -27,8 +28,9 @@ from ledger_backfill_dagster.ledger.rejects import (
     replace_partition_rejects,
 )
 from ledger_backfill_dagster.ledger.reports import write_error_report
+from ledger_backfill_dagster.lib.sql_files import query
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.settings import MonitoringSettings, SourceSettings
 from ledger_backfill_dagster.resources.stage_store import (
     arrow_text,
     partition_groups,
@@ -39,12 +41,6 @@ from ledger_backfill_dagster.resources.stage_store import (
 # Columns whose type decides a verdict or the validated frame's schema.
 _JUDGED_COLUMNS = frozenset(LedgerEntrySource.to_schema().columns) | frozenset(POSTABLE_COLUMNS)
 UNPARTITIONED_REPORT = "unpartitioned"
-UNPARTITIONED_REJECTS = """
-SELECT source_row_id, source_file, line_number, reasons, coalesce(raw_row::text, raw_text)
-  FROM ledger_backfill_rejects
- WHERE source_id = %s AND partition_key IS NULL
- ORDER BY source_row_id
-"""
 
 
 @dataclass
@@ -73,7 +69,10 @@ class _Totals:
     deps=[transformed_entries],
 )
 def validated_entries(
-    context: dg.AssetExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetExecutionContext,
+    source: SourceSettings,
+    monitoring: MonitoringSettings,
+    ledger_db: LedgerDatabase,
 ) -> dg.MaterializeResult:
     """Entries that meet the ledger entry contract (the Pandera model `LedgerEntrySource`).
 
@@ -81,20 +80,21 @@ def validated_entries(
     ledger and are never dropped: each is stored in ledger_backfill_rejects (stage 'validate')
     with its line and raw values, and listed in a per-partition error report CSV (rows of no
     partition in `unpartitioned.csv`). Bad rows alone never fail the run."""
-    s = stage(context, settings)
+    s = stage(context, source)
+    reports = monitoring.reports_path
     totals = _Totals()
     source_key = s.source.source_key
     with ledger_db.connection() as conn:
         groups = partition_groups(s.keys, lambda key: _read_transformed(s, key), GROUP_ROWS)
         for group in groups:
-            _validate_group(s, settings, conn, group, totals)
+            _validate_group(s, reports, conn, group, totals)
         unpartitioned = pd.DataFrame(
-            conn.execute(UNPARTITIONED_REJECTS, (s.source.source_id,)).fetchall(),
+            conn.execute(query("rejects/unpartitioned_rows"), (s.source.source_id,)).fetchall(),
             columns=["source_row_id", "source_file", "line_number", "reasons", "raw_row"],
         )
     # Rows that belong to no partition (no readable timestamp, unreadable lines) get one report
     # per source, rewritten by every run, beside the per-partition ones.
-    write_error_report(settings.reports_path, source_key, UNPARTITIONED_REPORT, unpartitioned)
+    write_error_report(reports, source_key, UNPARTITIONED_REPORT, unpartitioned)
     if totals.rejected or len(unpartitioned):
         context.log.warning(
             f"{totals.rejected} row(s) rejected in {len(s.keys)} partition(s),"
@@ -119,9 +119,7 @@ def validated_entries(
                 s.keys, "by_partition", totals.by_partition, ["partition", "valid", "rejected"]
             ),
             "rejected_without_partition": dg.MetadataValue.int(len(unpartitioned)),
-            "error_reports": dg.MetadataValue.path(
-                str(settings.reports_path / source_key / "errors")
-            ),
+            "error_reports": dg.MetadataValue.path(str(reports / source_key / "errors")),
             "reject_reasons": rows_table(
                 [{"reason": r, "rows": n} for r, n in totals.reasons.most_common(50)],
                 ["reason", "rows"],
@@ -132,7 +130,7 @@ def validated_entries(
 
 def _validate_group(
     s: Stage,
-    settings: BackfillSettings,
+    reports: Path,
     conn: psycopg.Connection,
     group: list[tuple[str, pa.Table]],
     totals: _Totals,
@@ -151,14 +149,15 @@ def _validate_group(
     del table
     if len(group) > 1 and (frame is None or not frame["source_row_id"].is_unique):
         for member in group:
-            _validate_group(s, settings, conn, [member], totals)
+            _validate_group(s, reports, conn, [member], totals)
         return
+    assert frame is not None  # a single partition's table always concatenates
     try:
         valid, rejects = split(frame)
     except ContractError as exc:
         if len(group) > 1:
             for member in group:
-                _validate_group(s, settings, conn, [member], totals)
+                _validate_group(s, reports, conn, [member], totals)
             return
         raise dg.Failure(description=f"{keys[0]}: {exc}", allow_retries=False) from exc
     if len(group) == 1:
@@ -177,7 +176,7 @@ def _validate_group(
     )
     tables = partition_tables(valid, valid_sizes)
     for key, size, table in zip(keys, valid_sizes, tables, strict=True):
-        write_error_report(settings.reports_path, s.source.source_key, key, by_key[key])
+        write_error_report(reports, s.source.source_key, key, by_key[key])
         s.store.write_table(s.source.source_key, "validated", key, table)
         totals.add(key, size, by_key[key])
 

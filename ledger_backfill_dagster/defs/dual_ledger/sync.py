@@ -23,9 +23,8 @@ from ledger_backfill_dagster.lib.errors import SettingsError
 from ledger_backfill_dagster.lib.http_client import MalformedPageError, SourceRefusedError
 from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.settings import SourceSettings
 from ledger_backfill_dagster.resources.source_connection import OutboxEndpoint
-from ledger_backfill_dagster.resources.source_registry import make_source
 from ledger_backfill_dagster.sources.scb import ScbSource
 
 SHOWN = 200  # rows of evidence kept in metadata
@@ -45,18 +44,18 @@ def _scb_totals(source: ScbSource, keys: list[str]) -> dict:
     "backfilled entry has its dual_ledger_outbox row (the seed's 6.3). Outbox sync status shown.",
 )
 def dual_ledger_consistency(
-    context: dg.AssetCheckExecutionContext, settings: BackfillSettings, ledger_db: LedgerDatabase
+    context: dg.AssetCheckExecutionContext, source: SourceSettings, ledger_db: LedgerDatabase
 ) -> dg.AssetCheckResult:
     keys = sorted(context.partition_keys)
     try:
-        source = make_source(settings)
-        scb_totals = _scb_totals(source, keys) if isinstance(source, ScbSource) else None
+        reader = source.reader()
+        scb_totals = _scb_totals(reader, keys) if isinstance(reader, ScbSource) else None
     except (SettingsError, MalformedPageError, SourceRefusedError, ConnectionError) as exc:
         raise dg.Failure(
             description=f"dual-ledger check cannot run: {redact(str(exc))}", allow_retries=False
         ) from exc
     with ledger_db.connection() as conn:
-        report = check_dual_ledger(conn, source.source_id, keys, scb_totals)
+        report = check_dual_ledger(conn, reader.source_id, keys, scb_totals)
     return _result(report)
 
 
@@ -130,7 +129,7 @@ class RelayConfig(dg.Config):
 def relay_dual_ledger_outbox(
     context: dg.OpExecutionContext,
     config: RelayConfig,
-    settings: BackfillSettings,
+    source: SourceSettings,
     ledger_db: LedgerDatabase,
     outbox_endpoint: OutboxEndpoint,
 ) -> dg.Output:
@@ -148,9 +147,10 @@ def relay_dual_ledger_outbox(
         RelayOptions(
             batch_size=config.batch_size,
             max_retries=config.max_retries,
-            retry_delay_ms=settings.retry_delay_ms,
-            timeout_seconds=settings.source_timeout_seconds,
-            max_retry_after=settings.source_max_retry_after,
+            # The relay's HTTP requests wait and retry as a source's pages do.
+            retry_delay_ms=source.retry_delay_ms,
+            timeout_seconds=source.source_timeout_seconds,
+            max_retry_after=source.source_max_retry_after,
             include_failed=config.include_failed,
             source_id=config.source_id,
             limit=config.limit,

@@ -55,8 +55,7 @@ from ledger_backfill_dagster.defs.execution.stale_runs import (
 from ledger_backfill_dagster.ledger.posting import pause_requested
 from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import BackfillSettings
-from ledger_backfill_dagster.resources.source_registry import make_source
+from ledger_backfill_dagster.resources.settings import SourceSettings
 
 # How long the waiting loop sleeps at most: how late it may notice SIGTERM or Ctrl-C.
 WAIT_TICK_SECONDS = 0.5
@@ -89,11 +88,11 @@ class PauseProbe:
     def for_run(cls, job_context: PlanExecutionContext, run_started: datetime) -> PauseProbe | None:
         """The probe for a run of this code location's assets; None for a job without them."""
         resources = job_context.scoped_resources_builder.resource_instance_dict
-        settings, ledger_db = resources.get("settings"), resources.get("ledger_db")
-        if not isinstance(settings, BackfillSettings) or not isinstance(ledger_db, LedgerDatabase):
+        source, ledger_db = resources.get("source"), resources.get("ledger_db")
+        if not isinstance(source, SourceSettings) or not isinstance(ledger_db, LedgerDatabase):
             return None
         try:
-            source_id = make_source(settings).source_id
+            source_id = source.reader().source_id
         except Exception as exc:  # the posting step itself reports a source it cannot use
             job_context.log.debug(f"no pause check while waiting: {redact(str(exc))}")
             return None

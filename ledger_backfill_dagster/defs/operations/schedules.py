@@ -15,7 +15,7 @@ import dagster as dg
 from ledger_backfill_dagster.defs.backfill.jobs import ledger_backfill_job
 from ledger_backfill_dagster.defs.dual_ledger.sync import dual_ledger_outbox_relay_job
 from ledger_backfill_dagster.defs.partitions import daily_partitions
-from ledger_backfill_dagster.resources.settings import BackfillSettings
+from ledger_backfill_dagster.resources.settings import SourceSettings
 
 
 def yesterday(context: dg.ScheduleEvaluationContext) -> str:
@@ -31,11 +31,11 @@ def yesterday(context: dg.ScheduleEvaluationContext) -> str:
     description="Daily SCB dual-ledger sync: backfill yesterday's partition from the SCB ledger.",
 )
 def scb_daily_sync_schedule(
-    context: dg.ScheduleEvaluationContext, settings: BackfillSettings
+    context: dg.ScheduleEvaluationContext, source: SourceSettings
 ) -> dg.RunRequest | dg.SkipReason:
-    if settings.source_type != "SCB":
+    if source.source_type != "SCB":
         return dg.SkipReason(
-            f"BACKFILL_SOURCE_TYPE is {settings.source_type}, not SCB: nothing to sync"
+            f"BACKFILL_SOURCE_TYPE is {source.source_type}, not SCB: nothing to sync"
         )
     key = yesterday(context)
     if key not in daily_partitions.get_partition_keys(

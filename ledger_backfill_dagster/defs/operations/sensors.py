@@ -1,7 +1,9 @@
 """Sensors: the stalled-backfill alert, and the status table it keeps current in the UI.
 
 `stalled_backfill_sensor` runs in the daemon (on by default, every STALL_SENSOR_INTERVAL_SECONDS,
-default 60). Each tick reads the checkpoints once and, without launching a run:
+default 60: `monitoring.stall_sensor_interval_seconds`, part of the sensor's definition, so
+definitions.py builds the sensor with `build_stalled_backfill_sensor` when the code location
+loads). Each tick reads the checkpoints once and, without launching a run:
 - records a `backfill_status` materialization with the status table whenever a checkpoint moved
   or changed state, so the asset's page always shows the current progress;
 - records a result of the `no_stalled_backfills` check whenever the set of stalled partitions
@@ -25,12 +27,9 @@ from ledger_backfill_dagster.defs.operations.status import (
     status_metadata,
 )
 from ledger_backfill_dagster.ledger.status import alert_text, read_status, schema_missing
-from ledger_backfill_dagster.lib.env import env_int
 from ledger_backfill_dagster.resources.alerts import AlertDeliveryError, StallAlertHook, safe_error
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import stall_threshold_seconds
-
-SENSOR_INTERVAL_SECONDS = env_int("STALL_SENSOR_INTERVAL_SECONDS", 60, minimum=1)
+from ledger_backfill_dagster.resources.settings import MonitoringSettings
 
 
 def _cursor(raw: str | None) -> dict:
@@ -40,23 +39,31 @@ def _cursor(raw: str | None) -> dict:
         return {}
 
 
-@dg.sensor(
-    name="stalled_backfill_sensor",
-    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description=(
-        "Alerts when a backfill checkpoint stays IN_PROGRESS without progress for longer than "
-        "STALL_THRESHOLD_SECONDS (default 3600): fails the no_stalled_backfills check on "
-        "backfill_status, logs an error, and posts to STALL_ALERT_WEBHOOK_URL if set. Also keeps "
-        "the backfill_status table current."
-    ),
-)
-def stalled_backfill_sensor(
-    context: dg.SensorEvaluationContext, ledger_db: LedgerDatabase, stall_alerts: StallAlertHook
+def build_stalled_backfill_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
+    """The sensor, ticking every `minimum_interval_seconds` (monitoring's interval)."""
+    return dg.sensor(
+        name="stalled_backfill_sensor",
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Alerts when a backfill checkpoint stays IN_PROGRESS without progress for longer "
+            "than STALL_THRESHOLD_SECONDS (default 3600): fails the no_stalled_backfills check "
+            "on backfill_status, logs an error, and posts to STALL_ALERT_WEBHOOK_URL if set. "
+            "Also keeps the backfill_status table current."
+        ),
+    )(stalled_backfill_tick)
+
+
+def stalled_backfill_tick(
+    context: dg.SensorEvaluationContext,
+    ledger_db: LedgerDatabase,
+    stall_alerts: StallAlertHook,
+    monitoring: MonitoringSettings,
 ) -> dg.SensorResult | dg.SkipReason:
+    """One tick: record the status, check and alert as the module's docstring says."""
     try:
         with ledger_db.connection() as conn:
-            status = read_status(conn, stall_threshold_seconds())
+            status = read_status(conn, monitoring.stall_threshold_seconds)
     except Exception as exc:
         if schema_missing(exc):
             return dg.SkipReason("no backfill has run yet (the ledger schema does not exist)")

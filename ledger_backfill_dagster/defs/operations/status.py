@@ -22,7 +22,7 @@ from ledger_backfill_dagster.ledger.status import (
     status_text,
 )
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster.resources.settings import stall_threshold_seconds
+from ledger_backfill_dagster.resources.settings import MonitoringSettings
 
 OPERATIONS_GROUP = "operations"
 STATUS_ASSET = dg.AssetKey("backfill_status")
@@ -43,12 +43,14 @@ backfill_status = dg.AssetSpec(
 
 
 @dg.asset_check(asset=STATUS_ASSET, name=STALL_CHECK, blocking=False)
-def no_stalled_backfills(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
+def no_stalled_backfills(
+    ledger_db: LedgerDatabase, monitoring: MonitoringSettings
+) -> dg.AssetCheckResult:
     """Fails (severity ERROR) while any checkpoint is IN_PROGRESS without a new checkpoint for
     longer than STALL_THRESHOLD_SECONDS (default 3600 s, the seed's one hour)."""
     with ledger_db.connection() as conn:
         try:
-            status = read_status(conn, stall_threshold_seconds())
+            status = read_status(conn, monitoring.stall_threshold_seconds)
         except Exception as exc:
             if schema_missing(exc):
                 return dg.AssetCheckResult(passed=True, description="no backfill has run yet")
