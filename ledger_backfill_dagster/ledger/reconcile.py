@@ -49,6 +49,25 @@ class PartitionAccount:
     def unaccounted(self) -> int:
         return self.read - (self.posted + self.duplicates + self.conflicts + self.rejected)
 
+    def as_row(self) -> dict[str, object]:
+        """The partition as the report's and the check's tables show it (PARTITION_COLUMNS)."""
+        return vars(self) | {"unaccounted": self.unaccounted}
+
+
+# A partition's accounting as the UI tables show it, in this order.
+PARTITION_COLUMNS = (
+    "partition_key",
+    "read",
+    "posted",
+    "duplicates",
+    "conflicts",
+    "rejected",
+    "unaccounted",
+    "checkpoint_status",
+)
+# Debits and credits per ledger and currency, as the UI tables show them (currency_totals.sql).
+CURRENCY_TOTAL_COLUMNS = ("ledger_id", "currency", "debits", "credits", "fx_net", "balanced")
+
 
 @dataclass
 class ControlTotal:
@@ -138,6 +157,16 @@ class Reconciliation:
         return not self.problems
 
 
+def partition_accounts(
+    conn: psycopg.Connection, source_id: str, rows_read: dict[str, int]
+) -> list[PartitionAccount]:
+    """Per partition of `rows_read` (rows the extract stage read): where its rows ended."""
+    params = {"source_id": source_id, "partition_keys": sorted(rows_read)}
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(query("reconcile/partition_accounting"), params).fetchall()
+    return [PartitionAccount(read=rows_read[r["partition_key"]], **r) for r in rows]
+
+
 def reconcile(
     conn: psycopg.Connection,
     source_id: str,
@@ -148,11 +177,8 @@ def reconcile(
 ) -> Reconciliation:
     keys = sorted(rows_read)
     params = {"source_id": source_id, "partition_keys": keys}
+    partitions = partition_accounts(conn, source_id, rows_read)
     with conn.cursor(row_factory=dict_row) as cur:
-        partitions = [
-            PartitionAccount(read=rows_read[r["partition_key"]], **r)
-            for r in cur.execute(query("reconcile/partition_accounting"), params).fetchall()
-        ]
         verification = cur.execute(query("reconcile/entry_verification"), params).fetchone() or {}
         drift = cur.execute(query("reconcile/balance_drift")).fetchall()
         currency_totals = cur.execute(query("reconcile/currency_totals")).fetchall()

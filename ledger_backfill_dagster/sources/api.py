@@ -180,7 +180,20 @@ class PagedHttpSource(SourceReader):
         return f"{parts.scheme}://{host}{port}{parts.path.rstrip('/')}"
 
     @abstractmethod
-    def fingerprint(self) -> str: ...
+    def selection(self) -> object:
+        """What, besides the URL, decides which rows the pages hold (part of the fingerprint)."""
+
+    def fingerprint(self) -> str:
+        # The page size is part of it: a saved cursor or page number only means the same rows at
+        # the same size.
+        parts = [
+            self.where(),
+            self.selection(),
+            self.source_timezone,
+            self.page_size,
+            VALUE_READING,
+        ]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
     @abstractmethod
     def fetch_page(
@@ -292,16 +305,8 @@ class ApiSource(PagedHttpSource):
     def source_id(self) -> str:
         return self.explicit_source_id or f"api:{self.where()}/entries"
 
-    def fingerprint(self) -> str:
-        # The page size is part of it: a saved cursor may only mean something at that size.
-        parts = [
-            self.where(),
-            json.dumps(self.column_map, sort_keys=True),
-            self.source_timezone,
-            self.page_size,
-            VALUE_READING,
-        ]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+    def selection(self) -> object:
+        return json.dumps(self.column_map, sort_keys=True)
 
     def fetch_page(
         self,

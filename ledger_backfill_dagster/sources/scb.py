@@ -23,8 +23,6 @@ reference id. The control totals feed the dual-ledger check (`ledger/dual_ledger
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -34,7 +32,6 @@ from urllib.parse import quote, urlencode
 from ledger_backfill_dagster.lib.errors import SettingsError
 from ledger_backfill_dagster.lib.http_client import JsonHttpClient, MalformedPageError
 from ledger_backfill_dagster.sources.api import (
-    VALUE_READING,
     Page,
     PagedHttpSource,
     entry_id,
@@ -93,16 +90,8 @@ class ScbSource(PagedHttpSource):
     def bank_path(self) -> str:
         return f"sovereign-banks/{quote(self.sovereign_bank_id, safe='')}"
 
-    def fingerprint(self) -> str:
-        # The page size is part of it: page N only means the same rows at the same size.
-        parts = [
-            self.where(),
-            self.sovereign_bank_id,
-            self.source_timezone,
-            self.page_size,
-            VALUE_READING,
-        ]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+    def selection(self) -> object:
+        return self.sovereign_bank_id
 
     def fetch_page(
         self,

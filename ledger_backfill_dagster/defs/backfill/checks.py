@@ -26,8 +26,6 @@ its run. The three per-partition checks are partitioned like the asset; the thre
 checks are not (one result describes the whole ledger, whatever partitions the run covered).
 """
 
-import json
-
 import dagster as dg
 from psycopg.rows import dict_row
 
@@ -36,10 +34,13 @@ from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_repor
 from ledger_backfill_dagster.defs.partitions import daily_partitions
 from ledger_backfill_dagster.ledger.reconcile import (
     CONTROL_TOTAL_COLUMNS,
+    CURRENCY_TOTAL_COLUMNS,
+    PARTITION_COLUMNS,
     control_totals,
     exact_sum,
     held_totals,
     ledger_totals,
+    partition_accounts,
     source_control_totals,
 )
 from ledger_backfill_dagster.lib.errors import SettingsError
@@ -86,9 +87,7 @@ def debits_equal_credits(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
         metadata={
             "unbalanced_pairs": dg.MetadataValue.int(len(unbalanced)),
             "inconsistent_currencies": dg.MetadataValue.int(len(inconsistent)),
-            "currency_totals": rows_table(
-                totals[:SHOWN], ["ledger_id", "currency", "debits", "credits", "fx_net", "balanced"]
-            ),
+            "currency_totals": rows_table(totals[:SHOWN], CURRENCY_TOTAL_COLUMNS),
             "balances_by_currency": rows_table(
                 by_currency[:SHOWN], ["currency", "stored_balances", "entries_net", "consistent"]
             ),
@@ -145,15 +144,6 @@ def no_duplicate_references(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
     )
 
 
-def rows_read(store: StageStore, source_key: str, keys: list[str]) -> dict[str, int]:
-    """Rows the extract stage staged per partition (0 for a partition never extracted)."""
-    read = {}
-    for key in keys:
-        pointer = store.path(source_key, "extracted", key, ".json")
-        read[key] = json.loads(pointer.read_text())["rows"] if pointer.exists() else 0
-    return read
-
-
 @dg.asset_check(
     asset=reconciliation_report,
     blocking=True,
@@ -166,17 +156,9 @@ def source_rows_accounted_for(
 ) -> dg.AssetCheckResult:
     reader = _reader(source)
     keys = _keys(context)
-    read = rows_read(StageStore.default(), reader.source_key, keys)
-    with ledger_db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            query("reconcile/partition_accounting"),
-            {"source_id": reader.source_id, "partition_keys": keys},
-        ).fetchall()
-    for row in rows:
-        row["read"] = read[row["partition_key"]]
-        row["unaccounted"] = row["read"] - (
-            row["posted"] + row["duplicates"] + row["conflicts"] + row["rejected"]
-        )
+    read = StageStore.default().rows_read(reader.source_key, keys)
+    with ledger_db.connection() as conn:
+        rows = [p.as_row() for p in partition_accounts(conn, reader.source_id, read)]
     off = [r for r in rows if r["unaccounted"]]
     return dg.AssetCheckResult(
         passed=not off,
@@ -190,19 +172,7 @@ def source_rows_accounted_for(
             "partitions": dg.MetadataValue.int(len(keys)),
             "partitions_off": dg.MetadataValue.int(len(off)),
             "rows_read": dg.MetadataValue.int(sum(read.values())),
-            "by_partition": rows_table(
-                (off or rows)[:SHOWN],
-                [
-                    "partition_key",
-                    "read",
-                    "posted",
-                    "duplicates",
-                    "conflicts",
-                    "rejected",
-                    "unaccounted",
-                    "checkpoint_status",
-                ],
-            ),
+            "by_partition": rows_table((off or rows)[:SHOWN], PARTITION_COLUMNS),
         },
     )
 

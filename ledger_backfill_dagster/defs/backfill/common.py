@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 
@@ -69,7 +70,7 @@ def no_partitions(tags: Mapping[str, str]) -> str:
     return "this run covers no partition: give a partition or a non-empty partition range"
 
 
-def rows_table(rows: list[dict], columns: list[str]) -> dg.TableMetadataValue:
+def rows_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dg.TableMetadataValue:
     """A metadata table with every value as text, so exact decimals are shown exactly."""
     schema = dg.TableSchema(columns=[dg.TableColumn(c, "string") for c in columns])
     records = [
@@ -80,7 +81,7 @@ def rows_table(rows: list[dict], columns: list[str]) -> dg.TableMetadataValue:
 
 
 def partition_table(
-    keys: list[str], name: str, rows: list[dict], columns: list[str]
+    keys: list[str], name: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
 ) -> dict[str, dg.MetadataValue]:
     """`{name: table}` for a run over a few partitions; a note instead for a long backfill."""
     if len(keys) <= PARTITION_TABLE_MAX:

@@ -5,7 +5,11 @@ import dagster as dg
 from ledger_backfill_dagster.defs.backfill.common import GROUP, partition_table, rows_table, stage
 from ledger_backfill_dagster.defs.backfill.post import posted_batches
 from ledger_backfill_dagster.defs.partitions import daily_partitions
-from ledger_backfill_dagster.ledger.reconcile import reconcile_source
+from ledger_backfill_dagster.ledger.reconcile import (
+    CURRENCY_TOTAL_COLUMNS,
+    PARTITION_COLUMNS,
+    reconcile_source,
+)
 from ledger_backfill_dagster.ledger.reports import summary_markdown, write_reconciliation
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.settings import MonitoringSettings, SourceSettings
@@ -59,24 +63,9 @@ def reconciliation_report(
             "accounts_with_balance_drift": dg.MetadataValue.int(len(r.balance_drift)),
             "report": dg.MetadataValue.md(summary_markdown(r)),
             "report_file": dg.MetadataValue.path(str(path)),
-            "currency_totals": rows_table(
-                r.currency_totals,
-                ["ledger_id", "currency", "debits", "credits", "fx_net", "balanced"],
-            ),
+            "currency_totals": rows_table(r.currency_totals, CURRENCY_TOTAL_COLUMNS),
             **partition_table(
-                s.keys,
-                "by_partition",
-                [vars(p) | {"unaccounted": p.unaccounted} for p in r.partitions],
-                [
-                    "partition_key",
-                    "read",
-                    "posted",
-                    "duplicates",
-                    "conflicts",
-                    "rejected",
-                    "unaccounted",
-                    "checkpoint_status",
-                ],
+                s.keys, "by_partition", [p.as_row() for p in r.partitions], PARTITION_COLUMNS
             ),
         }
     )
