@@ -7,23 +7,24 @@ the instance loads and is never written to the instance config the UI shows.
 
 Dagster's own sessions run with `synchronous_commit=off`: a backfill over 1,096 days writes
 ~11,000 events (planned and done materializations), each an INSERT committed on its own, and each
-would otherwise wait for a WAL flush (measured: start-up of a 200-partition run 31 → 26 s and
-22 → 13 s). This storage is the run history, not the ledger: a server crash can lose the last
-fraction of a second of events, never an entry, a balance or a checkpoint, which keep their own
-synchronous sessions. A URL that sets `synchronous_commit` itself keeps its own value.
+would otherwise wait for a WAL flush, half of them before the run starts (docs/performance.md,
+'Why the code is shaped this way'). This storage is the run history, not the ledger: a server
+crash can lose the last fraction of a second of events, never an entry, a balance or a
+checkpoint, which keep their own synchronous sessions. A URL that sets `synchronous_commit`
+itself keeps its own value.
 
 dagster-postgres also opens a new connection for every storage call (SQLAlchemy NullPool, so an
-idle instance holds none): measured, a trivial asset over 1,096 partitions took 33 s to record its
-materializations, ~2 connections and 30 ms per event. Here each of the three storages keeps one
-pooled connection (plus up to 3 overflow, checked before use so a restarted server costs a
+idle instance holds none), so every event recorded would pay for a connection of its own
+(docs/performance.md, 'Why the code is shaped this way'). Here each of the three storages keeps
+one pooled connection (plus up to 3 overflow, checked before use so a restarted server costs a
 reconnect, not an error) for the life of the process.
 
 And it turns on Dagster's batched event writes (DAGSTER_EVENT_BATCH_SIZE, opt-in, read on every
 event): a single-run backfill plans and then materializes every asset for every partition, and
-batched, those become one multi-row INSERT per 1,000 events. Measured on a trivial asset over
-1,096 partitions (in-process executor): 23.9 s → 6.1 s for the whole command, 17.8 s → 0.85 s
-for the step's materializations. The variable is set when this storage loads (every process that
-uses the instance loads it first); a value set outside wins.
+batched, those become one multi-row INSERT per 1,000 events instead of one statement each, which
+was most of such a run's time (docs/performance.md, 'Why the code is shaped this way'). The
+variable is set when this storage loads (every process that uses the instance loads it first); a
+value set outside wins.
 
 SQLAlchemy 2.1 maps `postgresql://` to psycopg 3, on which dagster-postgres's `NOTIFY` statement
 fails; the URL is therefore given to it with the psycopg2 dialect, which dagster-postgres installs.

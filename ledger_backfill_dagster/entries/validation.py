@@ -5,8 +5,9 @@ its nullability rules) is applied to the whole frame as one vectorized operation
 Pandera's own `Check` objects, giving every failing row every rule it breaks, and the frame's
 columns and dtypes are checked against the model before anything may be posted. Pandera's
 `validate(lazy=True)` gives the same verdicts (a test holds them equal) but is not used here: its
-error report reshapes each failing row of a dataframe-wide check cell by cell, about 0.1 ms per
-rejected row, and its schema pass costs ~80 ms per frame.
+error report reshapes each failing row of a dataframe-wide check cell by cell, a cost that grows
+with the rejects, and its schema pass has a large fixed cost per frame (docs/performance.md, 'Why
+the code is shaped this way').
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ def rule_verdicts(frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
 
 
 def check_schema(frame: pd.DataFrame) -> None:
-    """The model's columns and their types, checked the way Pandera checks them (its schema-only
-    pass costs ~80 ms a frame, mostly formatting; this is under 1 ms)."""
+    """The model's columns and their types, checked the way Pandera checks them, without the
+    formatting that makes most of its schema-only pass's cost (docs/performance.md, 'Why the
+    code is shaped this way')."""
     schema = LedgerEntrySource.to_schema()
     absent = sorted(set(schema.columns) - set(frame.columns))
     if absent:

@@ -56,8 +56,9 @@ def _refuse_constant(name: str) -> None:
 _DECODER = json.JSONDecoder(
     parse_float=jsonb_number, parse_int=jsonb_number, parse_constant=_refuse_constant
 )
-# Python's own numbers, for text that is only judged: three times faster than a Decimal per
-# number, and safe while no number can be out of NUMERIC's range or too long for int().
+# Python's own numbers, for text that is only judged: much faster than a Decimal per number
+# (docs/performance.md, 'Why the code is shaped this way'), and safe while no number can be out of
+# NUMERIC's range or too long for int().
 _JUDGE = json.JSONDecoder(parse_constant=_refuse_constant)
 # Only a number with an exponent, or one longer than MAX_SCALE characters, can leave NUMERIC's
 # range: text with neither needs no search of the parsed document.

@@ -43,8 +43,9 @@ class StageStore:
 
     def write_table(self, source_key: str, stage: str, partition_key: str, table: pa.Table) -> Path:
         """Write an Arrow table (e.g. one partition's slice of a larger table made by
-        `frame_table`) straight through pyarrow: pandas' `to_parquet` adds ~2 ms of path and
-        option handling per call, which a backfill of a thousand partitions pays per stage."""
+        `frame_table`) straight through pyarrow: pandas' `to_parquet` adds path and option
+        handling per call, which a backfill of a thousand partitions pays per stage
+        (docs/performance.md, 'Why the code is shaped this way')."""
         target = self.path(source_key, stage, partition_key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".tmp{os.getpid()}")
@@ -172,7 +173,8 @@ def partition_tables(frame: pd.DataFrame, sizes: Sequence[int]) -> Iterator[pa.T
 
 def arrow_text(arrow_type: pa.DataType) -> object:
     """`to_pandas` type mapper: text as Arrow-backed strings, everything else as pandas does it.
-    Several times faster to read than Python strings, and a quarter of the memory."""
+    Faster to read than Python strings, and a fraction of their memory (docs/performance.md,
+    'Why the code is shaped this way')."""
     if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
         return pd.StringDtype("pyarrow")
     return None

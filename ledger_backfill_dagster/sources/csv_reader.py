@@ -20,7 +20,8 @@ quote in an unquoted field as data and refuses a field longer than its `field_si
 without quotes (the vast majority) take a plain `str.split`; a line whose quoted fields open and
 close in place (checked by one regular expression) is read by the csv module; any other record
 goes to `_RecordParser`, which cuts it with regular expressions and `str.find`, not character by
-character (a 10 MiB field takes a fraction of a second, 100,000 lines of one field as long).
+character, so a huge field or one of very many lines stays quick (docs/performance.md, 'Why the
+code is shaped this way').
 """
 
 from __future__ import annotations

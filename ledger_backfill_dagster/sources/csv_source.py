@@ -6,16 +6,16 @@ O(rows × partitions). The scan is cached under the staging folder and keyed by 
 sizes and modification times, plus the settings that change how rows are placed.
 
 Two readers, one result. The line reader (`csv_reader.read_records`) survives any malformed line
-but costs ~20 s per million rows in Python. So each file is first checked in bounded blocks
-(`_fast_plan`, vectorised, without splitting fields): when both readers must see the same records
-on the same lines, the file is read with pyarrow's streaming CSV reader instead (1M canonical
-rows: ~1.6 s in all, against ~19 s). That holds when the file is strict UTF-8 with no CR, NUL or
-byte-order mark (one at the very start is stripped, as the line reader does), its first line is
-the header, no line is blank, every line has exactly the header's number of fields, every field
-holding a quote is quoted whole on its line, and no line is as long as `MAX_FAST_LINE_BYTES`.
-Any other file (CRLF, quoted line breaks, a stray quote, a short line, a longer line, …) goes
-through the line reader, unchanged, which reads a quoted field whole whatever its length or line
-count. Data row k of a file checked this way is on line k + 2.
+but is slow, being Python. So each file is first checked in bounded blocks (`_fast_plan`,
+vectorised, without splitting fields): when both readers must see the same records on the same
+lines, the file is read with pyarrow's streaming CSV reader instead, an order of magnitude faster
+(docs/performance.md, 'Why the code is shaped this way'). That holds when the file is strict
+UTF-8 with no CR, NUL or byte-order mark (one at the very start is stripped, as the line reader
+does), its first line is the header, no line is blank, every line has exactly the header's
+number of fields, every field holding a quote is quoted whole on its line, and no line is as long
+as `MAX_FAST_LINE_BYTES`. Any other file (CRLF, quoted line breaks, a stray quote, a short line,
+a longer line, …) goes through the line reader, unchanged, which reads a quoted field whole
+whatever its length or line count. Data row k of a file checked this way is on line k + 2.
 
 In the fast path, a chunk whose timestamps all have the canonical `YYYY-MM-DDTHH:MM:SSZ` shape
 and lie within [BACKFILL_START_DATE, run start] is parsed in Arrow; any other chunk is converted
@@ -73,8 +73,8 @@ from ledger_backfill_dagster.sources.layout import Layout, detect_layout, load_c
 
 log = logging.getLogger(__name__)
 
-# Rows parsed per chunk. Peak memory follows it (measured on 1M rows: 744 MiB at 200k, 328 MiB at
-# 50k, no slower), not the size of the source.
+# Rows parsed per chunk. Peak memory follows it, not the size of the source, and smaller chunks
+# were no slower (docs/performance.md, 'Why the code is shaped this way').
 CHUNK_ROWS = 50_000
 MAX_DAYS_PER_CHUNK = 1_000_000  # days one chunk of rows may span (about 2,700 years)
 ROW_ID_FILE_STRIDE = 10**12  # source_row_id = file index × stride + line number
@@ -311,7 +311,8 @@ class _Scan:
 
     def _keyed(self, raw: pa.RecordBatch, stamps: pa.Array) -> pa.RecordBatch:
         """Add the parsed timestamps and their UTC days. Formats each distinct day once, like
-        `utc_days`: strftime per row costs seconds per million rows."""
+        `utc_days`: strftime per row is slow (docs/performance.md, 'Why the code is shaped
+        this way')."""
         days = pc.cast(stamps, pa.date32()).dictionary_encode()
         names = pa.array([day.isoformat() for day in days.dictionary.to_pylist()], pa.string())
         per_day = np.bincount(days.indices.to_numpy(), minlength=len(names))
@@ -633,7 +634,7 @@ def _place(
 
 def utc_days(timestamps: pd.Series) -> np.ndarray:
     """Each UTC timestamp's day as YYYY-MM-DD. Formats each distinct day once: strftime per row
-    costs seconds per million rows."""
+    is slow (docs/performance.md, 'Why the code is shaped this way')."""
     days = timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[D]")
     distinct, position = np.unique(days, return_inverse=True)
     return np.datetime_as_string(distinct, unit="D").astype(object)[position]

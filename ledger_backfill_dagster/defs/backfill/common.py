@@ -18,10 +18,10 @@ from ledger_backfill_dagster.sources.base import SourceReader
 GROUP = "ledger_backfill"
 POOL = "ledger_pg"
 # A single-run backfill writes one materialization event per partition, and each carries the
-# step's metadata: a per-partition table in it was stored once per partition (a 3-year run wrote
-# a 500-row table 1,096 times, ~50 ms per event). Above this many partitions the table is left
-# out; every partition's event still carries its own numbers, and the ledger tables and the
-# reconciliation report hold them all.
+# step's metadata: a per-partition table in it was stored again with every partition's event,
+# which made a long backfill's steps slow to record (docs/performance.md, 'Why the code is shaped
+# this way'). Above this many partitions the table is left out; every partition's event still
+# carries its own numbers, and the ledger tables and the reconciliation report hold them all.
 PARTITION_TABLE_MAX = 62
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"

@@ -143,10 +143,10 @@ def posted_batches(
 
 
 def _validated_entries(store: StageStore, source_key: str, key: str) -> pd.DataFrame:
-    """A partition's validated entries with Arrow-backed text: read 4× faster and held in a
-    quarter of the memory of Python strings (measured on a 33k-row day: 27 → 7 MB), which is
-    what a 333k-row day of a 10M-entry source needs. The plan digest hashes the same values
-    either way."""
+    """A partition's validated entries with Arrow-backed text: read faster and held in a
+    fraction of the memory of Python strings, which is what the largest day of a big source
+    needs (docs/performance.md, 'Why the code is shaped this way'). The plan digest hashes the
+    same values either way."""
     return store.read_table(source_key, "validated", key).to_pandas(types_mapper=arrow_text)
 
 
@@ -154,9 +154,10 @@ class _Collector:
     """A full garbage collection after every ~200,000 rows posted.
 
     pandas and pyarrow objects form reference cycles that only a generation-2 collection frees,
-    and Python runs those less often as the heap grows: measured on 1M entries, RSS climbed to
-    684 MiB without, and stayed at ~277 MiB with a collection after each partition. Collecting
-    by rows rather than by partition keeps 1,096 small partitions from paying it 1,096 times."""
+    and Python runs those less often as the heap grows, so without it posting's RSS climbs
+    with the entries posted instead of staying flat (docs/performance.md, 'Why the code is
+    shaped this way'). Collecting by rows rather than by partition keeps 1,096 small partitions
+    from paying it 1,096 times."""
 
     EVERY_ROWS = 200_000
 
