@@ -28,7 +28,6 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import errors as pgerrors
-from psycopg.rows import namedtuple_row
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -51,6 +50,7 @@ from ledger_backfill_dagster.ledger.errors import (
 from ledger_backfill_dagster.ledger.rejects import record_refused_row
 from ledger_backfill_dagster.ledger.rollback import reinstate_reversed
 from ledger_backfill_dagster.lib.errors import is_transient
+from ledger_backfill_dagster.lib.rows import named_row
 from ledger_backfill_dagster.lib.sql_files import query
 
 log = logging.getLogger(__name__)
@@ -435,7 +435,7 @@ class PartitionPoster:
     def _legacy_entries(self, conn: psycopg.Connection) -> list[int]:
         """Only a ledger posted before migration 008 has entries without a key; on any other
         the partial index answers at once and the partition's rows are not sent."""
-        with conn.cursor(row_factory=namedtuple_row) as cur:
+        with conn.cursor(row_factory=named_row) as cur:
             found = cur.execute(
                 query("posting/unkeyed_entries_exist"), (self.plan.source_id,)
             ).fetchone()
@@ -461,7 +461,7 @@ class PartitionPoster:
         entries = self.plan.entries
         if "reference_generated" not in entries or not entries["reference_generated"].any():
             return []
-        with conn.cursor(row_factory=namedtuple_row) as cur:
+        with conn.cursor(row_factory=named_row) as cur:
             rows = cur.execute(
                 query("posting/vanished_entries"),
                 {
@@ -506,7 +506,7 @@ class PartitionPoster:
         params = self._batch_params()
         last_id = str(int(batch["source_row_id"].iloc[-1]))
         committed_before = False
-        with conn.transaction(), conn.cursor(row_factory=namedtuple_row) as cur:
+        with conn.transaction(), conn.cursor(row_factory=named_row) as cur:
             self._stage(cur, pending)
             self._recognise_known_rows(cur, params)
             inserted = self._insert_entries(cur, params)
@@ -558,12 +558,12 @@ class PartitionPoster:
 
     # -- the steps of a batch, in the order _post_batch runs them -------------------------------
     @staticmethod
-    def _stage(cur: psycopg.Cursor, pending: _Batch) -> None:
+    def _stage(cur: psycopg.Cursor[Any], pending: _Batch) -> None:
         """COPY the batch's entries into the connection's temporary stage."""
         with cur.copy(_COPY_STAGE) as copy:
             copy.write(_csv_bytes(pending.table))
 
-    def _recognise_known_rows(self, cur: psycopg.Cursor, params: dict[str, str]) -> None:
+    def _recognise_known_rows(self, cur: psycopg.Cursor[Any], params: dict[str, str]) -> None:
         """Before anything is inserted: point each staged row this source already posted at its
         entry, and hold new rows beside entries whose source row vanished."""
         cur.execute(
@@ -574,14 +574,14 @@ class PartitionPoster:
             cur.execute(query("posting/hold_new_rows"), {"vanished": self._vanished})
 
     @staticmethod
-    def _insert_entries(cur: psycopg.Cursor, params: dict[str, str]) -> Any:
+    def _insert_entries(cur: psycopg.Cursor[Any], params: dict[str, str]) -> Any:
         """Insert the batch set-based: entries, their outbox rows, and the staged rows marked
         posted. The row's `posted`, `outbox_rows` and `marked` count each."""
         inserted = cur.execute(query("posting/post_batch"), params).fetchone()
         assert inserted is not None
         return inserted
 
-    def _lock_accounts(self, cur: psycopg.Cursor, batch: pd.DataFrame) -> set[str]:
+    def _lock_accounts(self, cur: psycopg.Cursor[Any], batch: pd.DataFrame) -> set[str]:
         """Lock every account the batch touches, in ascending id order; an account the ledger
         does not know fails the batch. Returns the accounts the batch touches."""
         locked = {row.id for row in cur.execute(query("posting/lock_batch_accounts")).fetchall()}
@@ -591,7 +591,7 @@ class PartitionPoster:
         return wanted
 
     @staticmethod
-    def _move_balances(cur: psycopg.Cursor, number: int, inserted: Any) -> None:
+    def _move_balances(cur: psycopg.Cursor[Any], number: int, inserted: Any) -> None:
         """Move the balances of the entries inserted, netted per account, and check that every
         entry got its outbox row and its staged row, and every account its update."""
         moved = cur.execute(query("posting/apply_batch_balances")).fetchone()
@@ -608,7 +608,7 @@ class PartitionPoster:
 
     @staticmethod
     def _classify_unposted(
-        cur: psycopg.Cursor, number: int, params: dict[str, str], staged: int, posted: int
+        cur: psycopg.Cursor[Any], number: int, params: dict[str, str], staged: int, posted: int
     ) -> _Unposted:
         """Name the outcome of every staged row not inserted; every row must have one."""
         rows = cur.execute(query("posting/classify_unposted"), params).fetchall()
@@ -629,7 +629,9 @@ class PartitionPoster:
             )
 
     @staticmethod
-    def _record_unposted(cur: psycopg.Cursor, params: dict[str, str], unposted: _Unposted) -> None:
+    def _record_unposted(
+        cur: psycopg.Cursor[Any], params: dict[str, str], unposted: _Unposted
+    ) -> None:
         """Keep the skipped duplicates and the held conflicts queryable, against the entry each
         one matched."""
         for name, rows in (
@@ -647,7 +649,7 @@ class PartitionPoster:
                     },
                 )
 
-    def _reinstate_reversed(self, cur: psycopg.Cursor, unposted: _Unposted) -> None:
+    def _reinstate_reversed(self, cur: psycopg.Cursor[Any], unposted: _Unposted) -> None:
         """A row whose entry a rollback reversed is re-applied (ledger/rollback.py)."""
         if unposted.already_posted:
             reinstate_reversed(
@@ -656,7 +658,7 @@ class PartitionPoster:
 
     def _advance_checkpoint(
         self,
-        cur: psycopg.Cursor,
+        cur: psycopg.Cursor[Any],
         *,
         last_id: str,
         last_ts: datetime,
@@ -716,7 +718,7 @@ class PartitionPoster:
         row = batch.frame.iloc[0]
         last_id = str(int(row["source_row_id"]))
         reason = refusal_reason(refusal)
-        with conn.transaction(), conn.cursor(row_factory=namedtuple_row) as cur:
+        with conn.transaction(), conn.cursor(row_factory=named_row) as cur:
             record_refused_row(
                 cur,
                 self.plan.source_id,
@@ -748,7 +750,7 @@ class PartitionPoster:
             reason,
         )
 
-    def _assert_committed_before(self, cur: psycopg.Cursor, number: int, last_id: str) -> None:
+    def _assert_committed_before(self, cur: psycopg.Cursor[Any], number: int, last_id: str) -> None:
         assert self.checkpoint is not None
         row = cur.execute(query("checkpoints/last_committed"), (self.checkpoint.id,)).fetchone()
         if row is None or row.last_processed_id != last_id:

@@ -175,12 +175,13 @@ def record_refused_row(
     source_id: str,
     source_type: str,
     partition_key: str,
-    entry: Mapping[str, object],
+    entry: Mapping[str, Any],
     reason: str,
     run_id: str | None,
 ) -> None:
     """Quarantine one validated entry the database itself refused (stage `post`), with the
-    database's reason: the last line of defence behind the contract's own bounds."""
+    database's reason: the last line of defence behind the contract's own bounds. `entry` holds
+    the cells of one validated frame row."""
     values = {name: _json_value(value) for name, value in entry.items()}
     cur.execute(
         query("rejects/upsert_reject"),
@@ -188,9 +189,9 @@ def record_refused_row(
             source_id,
             source_type,
             partition_key,
-            int(entry["source_row_id"]),  # type: ignore[call-overload]
+            int(entry["source_row_id"]),
             None,
-            None if _none(entry.get("line_number")) is None else int(entry["line_number"]),  # type: ignore[call-overload]
+            None if _none(entry.get("line_number")) is None else int(entry["line_number"]),
             POST_STAGE,
             None,
             _storable_json(json.dumps(values, ensure_ascii=False)),

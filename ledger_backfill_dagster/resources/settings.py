@@ -81,9 +81,9 @@ class EnvSettings(dg.ConfigurableResource):
     def _number_in_range(cls, value: object, info: ValidationInfo) -> object:
         variable = cls.ENV.get(str(info.field_name), "")
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if variable in NUMERIC_LIMITS and numeric:
+        if variable in NUMERIC_LIMITS and numeric and isinstance(value, int | float):
             try:
-                check_range(variable, value)  # type: ignore[arg-type]
+                check_range(variable, value)
             except SettingsError as exc:
                 raise SettingsError(f"{cls.KEY}.{info.field_name}: {exc}") from None
         return value

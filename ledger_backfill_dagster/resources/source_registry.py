@@ -75,6 +75,7 @@ def _secret(value: object) -> str | None:
     """A resource field's value; outside a run (the CLI) an EnvVar is read from the environment."""
     if isinstance(value, dg.EnvVar):
         return value.get_value()
+    # anything else is the field's own value: a str, or None when unset
     return value  # type: ignore[return-value]
 
 

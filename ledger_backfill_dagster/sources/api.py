@@ -254,7 +254,9 @@ class PagedHttpSource(SourceReader):
                 return
             resume, number = page.next_resume, number + 1
 
-    def _rows(self, page: Page, window: tuple[datetime, datetime], seen: set[int]):  # type: ignore[no-untyped-def]
+    def _rows(
+        self, page: Page, window: tuple[datetime, datetime], seen: set[int]
+    ) -> list[dict[str, object]]:
         stamps = pd.Series([fields.get("timestampUtc") for _, fields, _ in page.entries])
         parsed, reasons = parse_utc(stamps, self.source_timezone)
         low, high = (pd.Timestamp(w) for w in window)

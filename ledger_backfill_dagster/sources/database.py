@@ -42,16 +42,24 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import pandas as pd
 import psycopg
 from psycopg import sql
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from ledger_backfill_dagster.entries.fields import raw_fields
 from ledger_backfill_dagster.entries.timestamps import (
@@ -74,6 +82,7 @@ from ledger_backfill_dagster.sources.paged_staging import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")  # what a unit of work run by _with_retries returns
 
 # PostgreSQL type OIDs the reader accepts for the key and the timestamp.
 INTEGER_TYPES = {20: "bigint", 21: "smallint", 23: "integer"}
@@ -281,7 +290,7 @@ class DatabaseSource(SourceReader):
     def _retrying(self) -> Retrying:
         delay = self.retry_delay_ms / 1000
 
-        def note(state) -> None:  # type: ignore[no-untyped-def]
+        def note(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning(
                 "database source: transient error, retry %d of %d: %s",
@@ -314,9 +323,7 @@ class DatabaseSource(SourceReader):
                 day = self._day_where(shape, key, run_start, unplaced.strays.get(key, []))
                 with staging.lock(key):
                     done = staging.completed(key)
-                    if done and self._with_retries(
-                        lambda conn, d=done, w=day: self._unchanged(conn, w, d)
-                    ):
+                    if done and self._with_retries(partial(self._unchanged, day=day, state=done)):
                         unchanged += 1
                         rows[key] = int(done["rows"])
                         if rows[key]:
@@ -325,7 +332,7 @@ class DatabaseSource(SourceReader):
                     part = staging.open(key, run_start)
                     resumed += part.resumed
                     self._with_retries(
-                        lambda conn, p=part, w=day: self._stage(conn, shape, p, w, run_start)
+                        partial(self._stage, shape=shape, part=part, day=day, run_start=run_start)
                     )
                     location = part.finish()
                 pages += part.pages
@@ -359,7 +366,7 @@ class DatabaseSource(SourceReader):
             },
         )
 
-    def _with_retries(self, work):  # type: ignore[no-untyped-def]
+    def _with_retries(self, work: Callable[[psycopg.Connection], T]) -> T:
         """Run `work(conn)` on a fresh connection, again after a transient error."""
         for attempt in self._retrying():
             with attempt, self.connect() as conn:
@@ -441,6 +448,7 @@ class DatabaseSource(SourceReader):
         part.state.setdefault("window_rows", 0)
         part.state.setdefault("window_max", None)
         for page in self._pages(conn, self._select(shape, where), params):
+            # A row without a reason has its UTC time (`_rows`): utc is None only beside one.
             placed = [
                 row
                 for row in self._rows(shape, page)
@@ -546,6 +554,7 @@ class DatabaseSource(SourceReader):
                 for row in self._rows(shape, page):
                     if shape.timestamp_kind != AWARE:  # a reject keeps the value as written
                         row.staged["timestampUtc"] = row.written
+                    # the staged source_row_id is the int `_rows` put there
                     key = int(row.staged["source_row_id"])  # type: ignore[call-overload]
                     rejects.append(_reject(row.staged, source, reasons[key]))
         return pd.DataFrame(rejects, columns=REJECT_COLUMNS)
