@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import psycopg
 import pytest
 from psycopg import sql
 
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster_tests.support.helpers import BackfillRunner
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_STATE = REPO / ".state" / "test"
@@ -116,3 +118,12 @@ def backfill_env(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def backfill(backfill_source: object) -> Iterator[BackfillRunner]:
+    """Real in-process backfill runs sharing one test Dagster instance. Their resources are built
+    from the environment as the runner is made, so a module using this fixture defines
+    `backfill_source`, which puts its source there first."""
+    with dg.instance_for_test() as instance:
+        yield BackfillRunner(instance)

@@ -3,7 +3,6 @@ failing (and blocking the run) on each hand-made inconsistency, which the report
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -14,7 +13,11 @@ import pytest
 from ledger_backfill_dagster.defs.backfill.checks import LEDGER_CHECKS
 from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
 from ledger_backfill_dagster.sources.generate import generate
-from ledger_backfill_dagster_tests.support.helpers import BackfillRunner, check_evaluations
+from ledger_backfill_dagster_tests.support.helpers import (
+    BackfillRunner,
+    check_evaluations,
+    use_source_files,
+)
 
 CHECK_NAMES = {
     "debits_equal_credits",
@@ -27,14 +30,11 @@ CHECK_NAMES = {
 
 
 @pytest.fixture
-def run(tmp_path: Path, backfill_env, monkeypatch) -> Iterator[BackfillRunner]:
-    """Real in-process runs of the whole backfill with its checks, over three days of generated
-    data, sharing one Dagster instance."""
+def backfill_source(tmp_path: Path, backfill_env, monkeypatch) -> None:
+    """Three days of generated data, for `backfill`: real in-process runs of the whole backfill
+    with its checks, sharing one Dagster instance."""
     data = generate(tmp_path / "data", entries=600, days=3, accounts=20, start=date(2024, 1, 1))
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(data.entries_file))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(data.accounts_file))
-    with dg.instance_for_test() as instance:
-        yield BackfillRunner(instance)
+    use_source_files(monkeypatch, data.entries_file, data.accounts_file)
 
 
 def report_of(result: dg.ExecuteInProcessResult) -> tuple[bool, str]:
@@ -54,16 +54,16 @@ def test_the_backfill_job_evaluates_every_ledger_check() -> None:
 
 
 def test_checks_pass_on_a_clean_backfill_and_catch_hand_made_inconsistencies(
-    run: BackfillRunner, database_url: str
+    backfill: BackfillRunner, database_url: str
 ) -> None:
-    clean = run("2024-01-01", "2024-01-03")
+    clean = backfill("2024-01-01", "2024-01-03")
     assert clean.success
     assert check_evaluations(clean) == dict.fromkeys(CHECK_NAMES, True)
     assert report_of(clean)[0] is True
 
     def report_again() -> dg.ExecuteInProcessResult:
         """The report and its checks again, upstream unchanged, as in any later run."""
-        result = run("2024-01-01", "2024-01-03", assets=[reconciliation_report.key])
+        result = backfill("2024-01-01", "2024-01-03", assets=[reconciliation_report.key])
         assert set(check_evaluations(result)) == CHECK_NAMES  # the selection brings its checks
         return result
 

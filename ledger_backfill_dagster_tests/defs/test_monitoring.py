@@ -21,7 +21,7 @@ from ledger_backfill_dagster.resources.alerts import StallAlertHook
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.settings import MonitoringSettings
 from ledger_backfill_dagster.sources.generate import generate
-from ledger_backfill_dagster_tests.support.helpers import materialize_range
+from ledger_backfill_dagster_tests.support.helpers import materialize_range, use_source_files
 
 STALE = """
 INSERT INTO ledger_backfill_checkpoints
@@ -40,9 +40,7 @@ def add_checkpoint(conn: psycopg.Connection, partition: str, idle_seconds: int) 
 @pytest.fixture
 def small_backfill(tmp_path: Path, backfill_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
     data = generate(tmp_path / "data", entries=1500, days=3, accounts=20, start=date(2024, 1, 1))
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(data.entries_file))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(data.accounts_file))
-    monkeypatch.setenv("BATCH_SIZE", "200")
+    use_source_files(monkeypatch, data.entries_file, data.accounts_file, BATCH_SIZE="200")
     return data
 
 

@@ -40,7 +40,7 @@ from ledger_backfill_dagster.resources.stage_store import (
 )
 from ledger_backfill_dagster.sources.base import STAGED_SCHEMA
 from ledger_backfill_dagster.sources.generate import generate
-from ledger_backfill_dagster_tests.support.helpers import materialize_range
+from ledger_backfill_dagster_tests.support.helpers import materialize_range, use_source_files
 
 DAYS = [f"2024-01-0{d}" for d in range(1, 9)]
 STAGES = [extracted_source, transformed_entries, validated_entries]
@@ -101,9 +101,7 @@ def grouped(tmp_path: Path, backfill_env: dict[str, str], monkeypatch: pytest.Mo
     data = generate(tmp_path / "data", entries=1200, days=8, accounts=20, start=date(2024, 1, 1))
     source = tmp_path / "data" / "source.csv"
     _write_source(data.entries_file, source, first_run=True)
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(source))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(data.accounts_file))
-    monkeypatch.setenv("REPORTS_DIR", str(tmp_path / "reports"))
+    use_source_files(monkeypatch, source, data.accounts_file, REPORTS_DIR=str(tmp_path / "reports"))
     monkeypatch.setattr(transform_asset, "GROUP_ROWS", GROUP_LIMIT)
     monkeypatch.setattr(validate_asset, "GROUP_ROWS", GROUP_LIMIT)
     return data.entries_file, source

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
@@ -19,12 +18,13 @@ from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 
 from ledger_backfill_dagster.sources.generate import generate
+from ledger_backfill_dagster_tests.support.cli import DAGSTER, LEDGER_BACKFILL, REPO, dagster_home
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
+    cli_materialize,
     expected_balances,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 K8S_ENV = {
     "DAGSTER_PG_USERNAME": "dagster",
@@ -112,12 +112,9 @@ def test_concurrent_runs_on_different_partitions(
     """Three `dagster asset materialize` processes at once, each a partition range, all sharing
     every account: the ledger's per-batch account locks (sorted order) keep balances exact."""
     data = generate(tmp_path / "data", entries=6000, days=6, accounts=12, start=date(2024, 1, 1))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     env = {
         **backfill_env,
-        "DAGSTER_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home(tmp_path)),
         "BACKFILL_SOURCE_FILE": str(data.entries_file),
         "ACCOUNTS_FILE": str(data.accounts_file),
         "BATCH_SIZE": "200",
@@ -130,33 +127,15 @@ def test_concurrent_runs_on_different_partitions(
 
     def run(first_last: tuple[str, str]) -> tuple[subprocess.CompletedProcess, float, float]:
         started = time.monotonic()
-        done = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "dagster"),
-                "asset",
-                "materialize",
-                "-m",
-                "ledger_backfill_dagster.definitions",
-                "--select",
-                "*",
-                "--partition-range",
-                f"{first_last[0]}...{first_last[1]}",
-            ],
-            env={**os.environ, **env},
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        done = cli_materialize(*first_last, env)
         return done, started, time.monotonic()
 
     # Set up once first, as docs/operations.md says: the ledger schema, and the "ledger_pg" pool's
     # limit row (Dagster creates it on first use, and two runs doing that at the same moment fail
     # on its unique key: a Dagster race, not ours).
-    bin_dir = Path(sys.executable).parent
     for command in (
-        [str(bin_dir / "ledger-backfill"), "migrate"],
-        [str(bin_dir / "dagster"), "instance", "concurrency", "set", "ledger_pg", "4"],
+        [str(LEDGER_BACKFILL), "migrate"],
+        [str(DAGSTER), "instance", "concurrency", "set", "ledger_pg", "4"],
     ):
         subprocess.run(command, env={**os.environ, **env}, check=True, capture_output=True)
     with ThreadPoolExecutor(max_workers=3) as pool:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -33,9 +31,16 @@ from ledger_backfill_dagster.resources.settings import (
 )
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster.sources.layout import LayoutError, load_column_map
+from ledger_backfill_dagster_tests.support.cli import (
+    LEDGER_BACKFILL,
+    dagster_home,
+    job_command,
+    materialize_command,
+    partition_range,
+    run,
+)
+from ledger_backfill_dagster_tests.support.helpers import range_tags
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 FLOAT_SETTINGS = {"BACKFILL_SOURCE_TIMEOUT", "BACKFILL_SOURCE_MAX_RETRY_AFTER"}
 
 
@@ -203,37 +208,18 @@ def test_an_empty_range_says_why() -> None:
 @pytest.fixture
 def command_env(tmp_path: Path, backfill_env: dict[str, str]) -> dict[str, str]:
     data = generate(tmp_path / "data", entries=300, days=2, accounts=10, start=date(2024, 1, 1))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     return {
         **os.environ,
         **backfill_env,
-        "DAGSTER_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home(tmp_path)),
         "BACKFILL_SOURCE_FILE": str(data.entries_file),
         "ACCOUNTS_FILE": str(data.accounts_file),
     }
 
 
-def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 def materialize(env: dict[str, str], *partition: str, select: str = "*") -> str:
     """`dagster asset materialize`, which must fail; returns its output."""
-    done = run(
-        [
-            str(BIN / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "--select",
-            select,
-            *partition,
-        ],
-        env,
-    )
+    done = run(materialize_command(*partition, select=select), env)
     assert done.returncode != 0, done.stdout[-2000:]
     return done.stdout + done.stderr
 
@@ -243,26 +229,14 @@ def test_a_reversed_range_fails_instead_of_reconciling_nothing(
     command_env: dict[str, str],
 ) -> None:
     expected = "the partition range 2024-01-02...2024-01-01 is reversed"
-    text = materialize(command_env, "--partition-range", "2024-01-02...2024-01-01")
+    text = materialize(command_env, *partition_range("2024-01-02", "2024-01-01"))
     assert expected in text
     assert "RECONCILES" not in text
     done = run(
-        [
-            str(BIN / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "-j",
+        job_command(
             "ledger_backfill_job",
-            "--tags",
-            json.dumps(
-                {
-                    "dagster/asset_partition_range_start": "2024-01-02",
-                    "dagster/asset_partition_range_end": "2024-01-01",
-                }
-            ),
-        ],
+            tags=range_tags("2024-01-02", "2024-01-01"),
+        ),
         command_env,
     )
     assert done.returncode != 0
@@ -281,19 +255,9 @@ def test_out_of_range_numbers_fail_before_any_run(command_env: dict[str, str], t
     config = tmp_path / "run_config.json"
     config.write_text(json.dumps({"resources": {"posting": {"config": {"batch_size": 10**20}}}}))
     done = run(
-        [
-            str(BIN / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "-j",
-            "ledger_backfill_job",
-            "--tags",
-            json.dumps({"dagster/partition": "2024-01-01"}),
-            "-c",
-            str(config),
-        ],
+        job_command(
+            "ledger_backfill_job", "-c", str(config), tags={"dagster/partition": "2024-01-01"}
+        ),
         command_env,
     )
     assert done.returncode != 0
@@ -303,7 +267,7 @@ def test_out_of_range_numbers_fail_before_any_run(command_env: dict[str, str], t
         ({**command_env, "STALL_THRESHOLD_SECONDS": "0"}, []),
         (command_env, ["--stall-seconds", "99999999999"]),
     ):
-        done = run([str(BIN / "ledger-backfill"), "status", *args], env)
+        done = run([str(LEDGER_BACKFILL), "status", *args], env)
         assert done.returncode == 2
         assert done.stderr.startswith("configuration error: STALL_THRESHOLD_SECONDS must be")
 

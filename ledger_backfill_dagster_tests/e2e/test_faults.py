@@ -26,23 +26,22 @@ import pytest
 
 from ledger_backfill_dagster.defs.execution.stale_runs import PID_TAG
 from ledger_backfill_dagster.ledger.accounts import load_accounts, read_accounts_file
-from ledger_backfill_dagster.sources.generate import generate
+from ledger_backfill_dagster.sources.generate import GeneratedData, generate
+from ledger_backfill_dagster_tests.support.cli import dagster_home
 from ledger_backfill_dagster_tests.support.fault_harness import (
     HOLD_ACCOUNTS,
     HOLD_PARTITION_OPENING,
-    LEDGER_BACKFILL,
     Backfill,
     KillRecord,
     Locker,
     PartitionState,
     PosterStepper,
     checkpoints,
-    dagster_home,
     dagster_runs,
+    ledger_backfill,
     pool_claims,
     poster_waiting_on_lock,
     set_pool_limit,
-    subprocess_env,
     wait_for_posters_gone,
     wait_until,
 )
@@ -61,6 +60,21 @@ OPENING_A_PARTITION = "INSERT INTO ledger_backfill_checkpoints"
 
 def _nonzero(values: dict) -> dict:
     return {k: v for k, v in values.items() if v != 0}
+
+
+def _run_env(
+    backfill_env: dict[str, str], data: GeneratedData, batch_size: int, home: Path
+) -> dict[str, str]:
+    """The environment of this module's `dagster` subprocess runs: the generated source,
+    posted as SOURCE_ID in batches of `batch_size`, with Dagster's instance at `home`."""
+    return {
+        **backfill_env,
+        "BACKFILL_SOURCE_FILE": str(data.entries_file),
+        "ACCOUNTS_FILE": str(data.accounts_file),
+        "BACKFILL_SOURCE_ID": SOURCE_ID,
+        "BATCH_SIZE": str(batch_size),
+        "DAGSTER_HOME": str(home),
+    }
 
 
 def _days(count: int) -> list[str]:
@@ -281,14 +295,7 @@ def test_sigkill_at_many_moments_posts_every_entry_exactly_once(
     entries = rows_per_day * len(days)
     data = generate(tmp_path / "data", entries=entries, days=len(days), accounts=40, seed=7)
     home = dagster_home(tmp_path)
-    env = {
-        **backfill_env,
-        "BACKFILL_SOURCE_FILE": str(data.entries_file),
-        "ACCOUNTS_FILE": str(data.accounts_file),
-        "BACKFILL_SOURCE_ID": SOURCE_ID,
-        "BATCH_SIZE": str(batch_size),
-        "DAGSTER_HOME": str(home),
-    }
+    env = _run_env(backfill_env, data, batch_size, home)
     set_pool_limit(env, limit=1)
     scene = _KillScene(database_url, conn, random.Random(2))
     records: list[KillRecord] = []
@@ -542,14 +549,7 @@ def test_four_concurrent_runs_share_hot_accounts_without_deadlock_or_lost_update
     repeats = _append_cross_partition_repeats(
         data.entries_file, [(DAYS[0], DAYS[3]), (DAYS[3], DAYS[0]), (DAYS[1], DAYS[2])]
     )
-    env = {
-        **backfill_env,
-        "BACKFILL_SOURCE_FILE": str(data.entries_file),
-        "ACCOUNTS_FILE": str(data.accounts_file),
-        "BACKFILL_SOURCE_ID": SOURCE_ID,
-        "BATCH_SIZE": "300",
-        "DAGSTER_HOME": str(dagster_home(tmp_path)),
-    }
+    env = _run_env(backfill_env, data, 300, dagster_home(tmp_path))
     set_pool_limit(env)
     # The chart of accounts is loaded up front (the transform stage would load the same file),
     # so the account rows exist before the runs need them and can be held locked.
@@ -656,19 +656,6 @@ def _cpu_share(backfill: Backfill, seconds: float) -> float:
     return (sum(process.cpu_times()[:2]) - used) / (time.monotonic() - since)
 
 
-def _ledger_backfill(env: dict[str, str], *args: str) -> None:
-    import subprocess
-
-    done = subprocess.run(
-        [str(LEDGER_BACKFILL), *args],
-        env=subprocess_env(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 @pytest.mark.slow
 def test_a_run_waiting_for_a_pool_slot_sleeps_and_stops_on_sigterm_or_pause(
     tmp_path: Path, database_url: str, backfill_env: dict[str, str], conn: psycopg.Connection
@@ -680,14 +667,7 @@ def test_a_run_waiting_for_a_pool_slot_sleeps_and_stops_on_sigterm_or_pause(
     entries = 2400
     data = generate(tmp_path / "data", entries=entries, days=2, accounts=20, seed=11)
     home = dagster_home(tmp_path)
-    env = {
-        **backfill_env,
-        "BACKFILL_SOURCE_FILE": str(data.entries_file),
-        "ACCOUNTS_FILE": str(data.accounts_file),
-        "BACKFILL_SOURCE_ID": SOURCE_ID,
-        "BATCH_SIZE": "300",
-        "DAGSTER_HOME": str(home),
-    }
+    env = _run_env(backfill_env, data, 300, home)
     set_pool_limit(env, limit=1)
     pool = _Pool(home)
     gate = Locker(database_url)
@@ -718,7 +698,7 @@ def test_a_run_waiting_for_a_pool_slot_sleeps_and_stops_on_sigterm_or_pause(
         assert pool.status(terminated_run) in {"FAILURE", "CANCELED"}
 
         paused, paused_run = waiting_run("paused")
-        _ledger_backfill(env, "pause", "--source", SOURCE_ID)
+        ledger_backfill(env, "pause", "--source", SOURCE_ID)
         assert paused.wait(60) != 0
         assert "PAUSED: a pause was requested while" in paused.output(), paused.tail()
         assert pool.status(paused_run) in {"FAILURE", "CANCELED"}
@@ -733,7 +713,7 @@ def test_a_run_waiting_for_a_pool_slot_sleeps_and_stops_on_sigterm_or_pause(
     assert checkpoints(conn)[days[0]].status == "PAUSED"
     assert days[1] not in checkpoints(conn)  # the waiting runs never posted
 
-    _ledger_backfill(env, "resume", "--source", SOURCE_ID)
+    ledger_backfill(env, "resume", "--source", SOURCE_ID)
     final = Backfill(days[0], days[1], env, tmp_path / "final.log")
     assert final.wait(300) == 0, final.tail()
     assert pool.holders() == set() and pool.queued() == set()
@@ -755,14 +735,7 @@ def test_two_runs_creating_the_pool_limit_at_once_both_post(
     entries = 1200
     data = generate(tmp_path / "data", entries=entries, days=2, accounts=20, seed=13)
     home = dagster_home(tmp_path)
-    env = {
-        **backfill_env,
-        "BACKFILL_SOURCE_FILE": str(data.entries_file),
-        "ACCOUNTS_FILE": str(data.accounts_file),
-        "BACKFILL_SOURCE_ID": SOURCE_ID,
-        "BATCH_SIZE": "300",
-        "DAGSTER_HOME": str(home),
-    }
+    env = _run_env(backfill_env, data, 300, home)
     dg.DagsterInstance.from_config(str(home)).dispose()  # Dagster's tables, no pool row yet
     locker = Locker(database_url)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import psycopg
 import pytest
 
 from ledger_backfill_dagster.sources.generate import generate
+from ledger_backfill_dagster_tests.support import cli
+from ledger_backfill_dagster_tests.support.cli import dagster_home
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
     balances,
@@ -16,20 +19,19 @@ from ledger_backfill_dagster_tests.support.helpers import (
     expected_balances,
     ledger_snapshot,
     materialize_range,
+    use_settings,
 )
 
 
 @pytest.fixture
 def demo_data(tmp_path: Path, backfill_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):
     data = generate(tmp_path / "data", entries=6000, days=6, accounts=30, start=date(2024, 1, 1))
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(data.entries_file))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(data.accounts_file))
-    monkeypatch.setenv("BATCH_SIZE", "500")
-    backfill_env.update(
-        BACKFILL_SOURCE_FILE=str(data.entries_file),
-        ACCOUNTS_FILE=str(data.accounts_file),
-        BATCH_SIZE="500",
-    )
+    settings = {
+        "BACKFILL_SOURCE_FILE": str(data.entries_file),
+        "ACCOUNTS_FILE": str(data.accounts_file),
+        "BATCH_SIZE": "500",
+    }
+    use_settings(monkeypatch, backfill_env, settings)
     return data
 
 
@@ -83,32 +85,14 @@ def test_forced_redo_recognises_already_posted_rows(
 def test_cli_partition_range_and_job_execute(
     demo_data, backfill_env, database_url: str, tmp_path
 ) -> None:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((Path(__file__).parents[2] / "dagster.yaml").read_text())
-    env = {**backfill_env, "DAGSTER_HOME": str(home)}
+    env = {**backfill_env, "DAGSTER_HOME": str(dagster_home(tmp_path))}
     done = cli_materialize("2024-01-01", "2024-01-03", env)
     assert done.returncode == 0, done.stderr[-3000:]
-    import os
-    import subprocess
-    import sys
-
-    job = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "-j",
-            "ledger_backfill_job",
-            "--tags",
-            '{"dagster/partition": "2024-01-05"}',
-        ],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
+    job = cli.run(
+        cli.job_command("ledger_backfill_job", tags={"dagster/partition": "2024-01-05"}),
+        {**os.environ, **env},
         timeout=300,
+        cwd=None,
     )
     assert job.returncode == 0, job.stderr[-3000:]
     with psycopg.connect(database_url) as conn:

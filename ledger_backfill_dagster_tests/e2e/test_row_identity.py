@@ -27,11 +27,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
+from ledger_backfill_dagster_tests.support.hardening_support import (
+    write_accounts as write_accounts_file,
+)
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
     balances,
     cli_materialize,
     materialize_range,
+    use_source_files,
 )
 
 ACCOUNTS = [("U1", "USD"), ("U2", "USD"), ("U3", "USD"), ("M1", "USD")]
@@ -39,12 +43,7 @@ FIRST, LAST = "2024-03-30", "2024-04-01"
 
 
 def write_accounts(folder: Path) -> Path:
-    path = folder / "accounts.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["accountId", "currencyCode", "allowNegative"])
-        writer.writerows((account, currency, "true") for account, currency in ACCOUNTS)
-    return path
+    return write_accounts_file(folder / "accounts.csv", dict(ACCOUNTS))
 
 
 def row(
@@ -370,9 +369,12 @@ def test_property_no_setting_change_posts_a_row_twice(
             )
         )
     write_rows(folder / "export.csv", rows)
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(folder / "export.csv"))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(write_accounts(folder)))
-    monkeypatch.setenv("LEDGER_BACKFILL_HOME", str(folder / "state"))
+    use_source_files(
+        monkeypatch,
+        folder / "export.csv",
+        write_accounts(folder),
+        LEDGER_BACKFILL_HOME=str(folder / "state"),
+    )
     name, before, after = change
     monkeypatch.setenv(name, before)
     materialize_range(FIRST, LAST)
@@ -400,8 +402,7 @@ def test_a_ledger_built_before_row_keys_is_never_posted_twice(
             for n in range(1, 9)]  # fmt: skip
     export = tmp_path / "export.csv"
     write_rows(export, rows)
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(export))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(write_accounts(tmp_path)))
+    use_source_files(monkeypatch, export, write_accounts(tmp_path))
     materialize_range(FIRST, LAST)
     conn.execute("UPDATE ledger_entries SET source_row_key = NULL")  # as that release left it
     before = balances(conn)

@@ -15,12 +15,10 @@ Hypothesis properties cover `redact` and the URL checks over arbitrary printable
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import string
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -51,11 +49,11 @@ from ledger_backfill_dagster.lib.redaction import redact as redact_reexported
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.conftest import _url_for
 from ledger_backfill_dagster_tests.e2e.test_security import database_text, files_text
-from ledger_backfill_dagster_tests.sources.test_database import load_legacy
+from ledger_backfill_dagster_tests.support import cli
+from ledger_backfill_dagster_tests.support.cli import dagster_home
+from ledger_backfill_dagster_tests.support.legacy_source import load_legacy
 from ledger_backfill_dagster_tests.support.pg_roles import login_role, unique_prefix, url_for_login
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 # Every special character the issue names, between six-character pieces that occur nowhere else.
 SPECIAL = "Kx9fQe Qm7dRw%Rt4wZp@Zv2pXo:Yp8qLr/Lb3nMs?Hn6jNt#Jd5cPu'Wc1gSv\"Tg0sBy\\Sk7bCz!Aa"
 FRAGMENTS = [piece for piece in re.split(r"[^A-Za-z0-9]+", SPECIAL) if len(piece) >= 6]
@@ -286,9 +284,7 @@ def special_env(
     """A role whose password is SPECIAL owning the test database, a three-day CSV, and a home
     for Dagster with the project's dagster.yaml (its storage in the same database)."""
     data = generate(tmp_path / "data", entries=600, days=3, accounts=12, start=date(2024, 1, 1))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    home = dagster_home(tmp_path)
     role = f"{unique_prefix()}sp"
     with login_role(database_url, pg_admin_url, role, SPECIAL, owns_database=True) as url:
         env = {
@@ -309,46 +305,18 @@ def special_env(
         yield {"env": env, "url": url, "role": role, "data": data, "home": home}
 
 
-def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
 def materialize(partition: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return run(
-        [
-            str(BIN / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "--select",
-            "*",
-            "--partition",
-            partition,
-        ],
-        env,
-    )
+    return cli.run(cli.materialize_command("--partition", partition), env)
 
 
 def job_execute(partition: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return run(
-        [
-            str(BIN / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "-j",
-            "ledger_backfill_job",
-            "--tags",
-            json.dumps({"dagster/partition": partition}),
-        ],
-        env,
+    return cli.run(
+        cli.job_command("ledger_backfill_job", tags={"dagster/partition": partition}), env
     )
 
 
 def status(env: dict[str, str]) -> subprocess.CompletedProcess:
-    return run([str(BIN / "ledger-backfill"), "status"], env)
+    return cli.run([str(cli.LEDGER_BACKFILL), "status"], env)
 
 
 def output(done: subprocess.CompletedProcess) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -23,10 +21,15 @@ from psycopg import sql
 
 from ledger_backfill_dagster.definitions import build_definitions, ledger_database
 from ledger_backfill_dagster.sources.generate import generate
-from ledger_backfill_dagster_tests.support.helpers import ASSETS, assert_ledger_invariants
+from ledger_backfill_dagster_tests.support import cli
+from ledger_backfill_dagster_tests.support.cli import REPO, dagster_home
+from ledger_backfill_dagster_tests.support.helpers import (
+    ASSETS,
+    assert_ledger_invariants,
+    range_tags,
+)
 from ledger_backfill_dagster_tests.support.pg_roles import login_role, unique_prefix
 
-REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "Sec-Pw-4f8e2d19c7"
 API_TOKEN = "api-tok-91b3e5a7"
 RELAY_TOKEN = "relay-tok-0c6d2f48"
@@ -120,10 +123,7 @@ def test_in_process_backfill_keeps_secrets(
     with dg.instance_for_test() as instance:
         ok, stored = _run_and_collect(
             instance,
-            {
-                "dagster/asset_partition_range_start": "2024-01-01",
-                "dagster/asset_partition_range_end": "2024-01-02",
-            },
+            range_tags("2024-01-01", "2024-01-02"),
         )
     assert ok
     # the resource holds the variable's name, not its value
@@ -181,40 +181,19 @@ def test_cli_backfill_keeps_secrets(
 ) -> None:
     """`dagster asset materialize` with our dagster.yaml: Dagster's run, event and schedule
     storage live in the same database (DATABASE_URL), so its tables are searched too."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    home = dagster_home(tmp_path)
     env = {**os.environ, **secret_env, "DAGSTER_HOME": str(home)}
-    bin_dir = Path(sys.executable).parent
     outputs = []
     for command in (
-        [
-            str(bin_dir / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "--select",
-            "*",
-            "--partition-range",
-            "2024-01-01...2024-01-02",
-        ],
-        [str(bin_dir / "ledger-backfill"), "summary"],
+        cli.materialize_command(*cli.partition_range("2024-01-01", "2024-01-02")),
+        [str(cli.LEDGER_BACKFILL), "summary"],
     ):
-        done = subprocess.run(
-            command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600
-        )
+        done = cli.run(command, env)
         assert done.returncode == 0, done.stderr[-3000:]
         outputs.append(done.stdout + done.stderr)
     # a CLI error about the database is redacted as well
     broken = {**env, "DATABASE_URL": f"postgresql://x:{PASSWORD}@127.0.0.1:1/x?connect_timeout=2"}
-    done = subprocess.run(
-        [str(bin_dir / "ledger-backfill"), "status"],
-        env=broken,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = cli.run([str(cli.LEDGER_BACKFILL), "status"], broken, timeout=120, cwd=None)
     assert done.returncode != 0 and "database error" in done.stderr
     outputs.append(done.stdout + done.stderr)
 

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import date
@@ -24,10 +23,10 @@ import psycopg
 import pytest
 
 from ledger_backfill_dagster.sources.generate import generate
+from ledger_backfill_dagster_tests.support.cli import DAGSTER, REPO, dagster_home
 from ledger_backfill_dagster_tests.support.helpers import assert_ledger_invariants
 from ledger_backfill_dagster_tests.support.pg_roles import login_role, unique_prefix
 
-REPO = Path(__file__).resolve().parents[2]
 SECRET = "Ui-e2e-S3cret-7f1c9a"
 STAGES = [
     "extracted_source",
@@ -87,9 +86,7 @@ def secret_url(database_url: str, pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture
 def dagster_dev(tmp_path: Path, secret_url: str) -> Iterator[Dagster]:
     data = generate(tmp_path / "data", entries=1800, days=3, accounts=20, start=date(2024, 1, 1))
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    home = dagster_home(tmp_path)
     port = free_port()
     env = {
         k: v
@@ -111,7 +108,7 @@ def dagster_dev(tmp_path: Path, secret_url: str) -> Iterator[Dagster]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "dagster"),
+                str(DAGSTER),
                 "dev",
                 "-h",
                 "127.0.0.1",

@@ -3,11 +3,9 @@ audited correction entries against a suspense account; dry run first by default.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-import dagster as dg
 import psycopg
 import pytest
 
@@ -20,6 +18,7 @@ from ledger_backfill_dagster_tests.support.helpers import (
     ledger_snapshot,
     op_metadata,
     run_maintenance_job,
+    use_source_files,
     write_deposit_dataset,
 )
 
@@ -32,12 +31,8 @@ NUDGES = {  # account: amount added to its stored balance (and available balance
 
 
 @pytest.fixture
-def backfill(tmp_path: Path, backfill_env, monkeypatch) -> Iterator[BackfillRunner]:
-    entries, accounts = write_deposit_dataset(tmp_path / "data", days=2, per_day=40)
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(entries))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(accounts))
-    with dg.instance_for_test() as instance:
-        yield BackfillRunner(instance)
+def backfill_source(tmp_path: Path, backfill_env, monkeypatch) -> None:
+    use_source_files(monkeypatch, *write_deposit_dataset(tmp_path / "data", days=2, per_day=40))
 
 
 def nudge(conn: psycopg.Connection, account: str, amount: Decimal) -> None:

@@ -4,10 +4,8 @@ resume, interrupts, and balance validation during the run."""
 
 from __future__ import annotations
 
-import csv
 import re
 import signal
-import subprocess
 import threading
 from datetime import date
 from decimal import Decimal
@@ -17,37 +15,28 @@ import dagster as dg
 import psycopg
 import pytest
 
-from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
 from ledger_backfill_dagster.sources.generate import generate
+from ledger_backfill_dagster_tests.support.cli import dagster_home
 from ledger_backfill_dagster_tests.support.fault_harness import (
-    LEDGER_BACKFILL,
     Backfill,
     CommitAckDropper,
     checkpoints,
-    dagster_home,
-    subprocess_env,
+    ledger_backfill,
     wait_until,
 )
+from ledger_backfill_dagster_tests.support.hardening_support import write_accounts, write_entries
 from ledger_backfill_dagster_tests.support.helpers import (
     ASSETS,
     assert_ledger_invariants,
     balances,
     expected_balances,
+    failure_text,
     materialize_range,
+    use_source_files,
 )
 
 DAY1, DAY2 = "2024-01-01", "2024-01-02"
 UP_TO_POSTING = ASSETS[:4]  # extract, transform, validate, post: runs that need no report
-
-
-def write_entries(path: Path, rows: list[dict[str, str]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(CANONICAL_FIELDS), lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({field: row.get(field, "") for field in CANONICAL_FIELDS})
-    return path
 
 
 def entry(ref: str, debit: str, credit: str, amount: str, when: str, **extra: str) -> dict:
@@ -65,19 +54,6 @@ def entry(ref: str, debit: str, credit: str, amount: str, when: str, **extra: st
     }
 
 
-def failure_text(result: dg.ExecuteInProcessResult) -> str:
-    """Everything Dagster recorded about the failed steps: event message, error, description."""
-    parts = []
-    for event in result.get_step_failure_events():
-        parts.append(event.message or "")
-        data = event.step_failure_data
-        if data.error is not None:
-            parts.append(data.error.to_string())
-        if data.user_failure_data is not None:
-            parts.append(data.user_failure_data.description or "")
-    return "\n".join(parts)
-
-
 def posting_metadata(result: dg.ExecuteInProcessResult) -> dict[str, int]:
     """The posting counters of the run: each partition's materialization carries its own."""
     keys = ("posted", "already_posted", "duplicates", "conflicts", "transient_retries")
@@ -90,21 +66,14 @@ def posting_metadata(result: dg.ExecuteInProcessResult) -> dict[str, int]:
 
 @pytest.fixture
 def accounts_file(tmp_path: Path) -> Path:
-    path = tmp_path / "accounts.csv"
-    rows = [("A-USD", "USD"), ("B-USD", "USD"), ("C-USD", "USD"), ("F-USD", "USD")]
-    rows += [("D-EUR", "EUR"), ("E-EUR", "EUR")]
-    path.write_text(
-        "accountId,currencyCode,allowNegative\n" + "".join(f"{a},{c},true\n" for a, c in rows)
+    accounts = dict.fromkeys(["A-USD", "B-USD", "C-USD", "F-USD"], "USD")
+    return write_accounts(
+        tmp_path / "accounts.csv", accounts | dict.fromkeys(["D-EUR", "E-EUR"], "EUR")
     )
-    return path
 
 
 def use_source(monkeypatch, source: Path, accounts: Path, source_id: str, **env: str) -> None:
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(source))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(accounts))
-    monkeypatch.setenv("BACKFILL_SOURCE_ID", source_id)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    use_source_files(monkeypatch, source, accounts, BACKFILL_SOURCE_ID=source_id, **env)
 
 
 # -- duplicates and conflicts -------------------------------------------------------------------
@@ -402,18 +371,6 @@ def subprocess_backfill(tmp_path: Path, backfill_env: dict[str, str]):
     }
 
 
-def _ledger_cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [str(LEDGER_BACKFILL), *args],
-        env=subprocess_env(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
 def _batches(conn: psycopg.Connection) -> int:
     return sum(s.batches for s in checkpoints(conn).values())
 
@@ -446,7 +403,7 @@ def test_pause_from_the_cli_stops_after_the_current_batch_and_resume_completes(
     data, env = subprocess_backfill
     run = Backfill(DAY1, DAY2, env, tmp_path / "paused.log")
     wait_until(lambda: _batches(conn) >= 3, 180, "posting", run)
-    _ledger_cli(env, "pause")
+    ledger_backfill(env, "pause")
     at_request = _batches(conn)
     assert run.wait(120) != 0
     # The Dagster step failure says why the run stopped. The CLI takes a few seconds to start, so
@@ -465,7 +422,7 @@ def test_pause_from_the_cli_stops_after_the_current_batch_and_resume_completes(
     ).fetchone()[0]
     assert "paused on request" in message
 
-    _ledger_cli(env, "resume")
+    ledger_backfill(env, "resume")
     _assert_resumes_to_completion(tmp_path, env, conn, data, "resumed")
 
 

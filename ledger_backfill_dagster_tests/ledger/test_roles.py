@@ -18,6 +18,7 @@ from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
     materialize_range,
+    use_source_files,
 )
 from ledger_backfill_dagster_tests.support.pg_roles import drop_roles, login_role, unique_prefix
 
@@ -129,8 +130,7 @@ def test_real_backfill_runs_as_backfill_login(
     capsys,
 ) -> None:
     data = generate(tmp_path / "data", entries=800, days=2, accounts=15, start=date(2024, 1, 1))
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(data.entries_file))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(data.accounts_file))
+    use_source_files(monkeypatch, data.entries_file, data.accounts_file)
     user = roles.backfill.replace("ledger_backfill", "svc")
     with login_role(database_url, pg_admin_url, user, "pw-backfill-1", roles.backfill) as url:
         monkeypatch.setenv("DATABASE_URL", url)
@@ -189,8 +189,7 @@ def test_rollback_job_needs_the_rollback_role(
     from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 
     data = generate(tmp_path / "data", entries=600, days=2, accounts=12, start=date(2024, 1, 1))
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(data.entries_file))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(data.accounts_file))
+    use_source_files(monkeypatch, data.entries_file, data.accounts_file)
     assert materialize_range("2024-01-01", "2024-01-02").success
     run_config = {
         "ops": {

@@ -6,9 +6,6 @@ same final state. Real backfills, real Dagster runs, real PostgreSQL."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import psycopg
 import pytest
 
 from ledger_backfill_dagster.ledger.rollback import RollbackRefused, RollbackScope, rollback
+from ledger_backfill_dagster_tests.support import cli
 from ledger_backfill_dagster_tests.support.helpers import (
     BackfillRunner,
     assert_ledger_invariants,
@@ -25,6 +23,7 @@ from ledger_backfill_dagster_tests.support.helpers import (
     ledger_snapshot,
     op_metadata,
     run_maintenance_job,
+    use_source_files,
     write_deposit_dataset,
 )
 
@@ -33,18 +32,9 @@ ROLLBACK = "rollback_job"
 
 
 @pytest.fixture
-def source(tmp_path: Path, backfill_env: dict[str, str], monkeypatch) -> dict[str, str]:
+def backfill_source(tmp_path: Path, backfill_env: dict[str, str], monkeypatch) -> None:
     entries, accounts = write_deposit_dataset(tmp_path / "data", days=3, per_day=40)
-    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(entries))
-    monkeypatch.setenv("ACCOUNTS_FILE", str(accounts))
-    monkeypatch.setenv("BATCH_SIZE", "16")
-    return backfill_env
-
-
-@pytest.fixture
-def backfill(source) -> Iterator[BackfillRunner]:
-    with dg.instance_for_test() as instance:
-        yield BackfillRunner(instance)
+    use_source_files(monkeypatch, entries, accounts, BATCH_SIZE="16")
 
 
 def succeeded(result: dg.ExecuteInProcessResult) -> dg.ExecuteInProcessResult:
@@ -341,23 +331,10 @@ def test_rollback_job_runs_from_the_command_line(
     )
     home = tmp_path / "dagster_home"
     home.mkdir()
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "-j",
-            "rollback_job",
-            "-c",
-            str(config),
-        ],
-        env={**os.environ, "DATABASE_URL": database_url, "DAGSTER_HOME": str(home)},
-        capture_output=True,
-        text=True,
+    done = cli.run(
+        cli.job_command(ROLLBACK, "-c", str(config)),
+        {**os.environ, "DATABASE_URL": database_url, "DAGSTER_HOME": str(home)},
         timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 1  # dry run

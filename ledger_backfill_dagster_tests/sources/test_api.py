@@ -21,9 +21,11 @@ from ledger_backfill_dagster.lib.http_client import (
 from ledger_backfill_dagster.sources.api import ApiSource
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.support.helpers import (
+    all_event_text,
     assert_ledger_invariants,
     balances,
     expected_balances,
+    failure_text,
     materialize_range,
 )
 from ledger_backfill_dagster_tests.support.ledger_api_server import (
@@ -42,22 +44,6 @@ TOKEN = "api-token-5b1f0c2e9d"
 def server():
     with LedgerApiServer(token=TOKEN) as running:
         yield running
-
-
-def failure_text(result) -> str:
-    """Every step failure's message and description, as the run's log shows them."""
-    texts = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.step_failure_data
-            texts.append(data.error.message if data.error else "")
-            if data.user_failure_data:
-                texts.append(str(data.user_failure_data.description))
-    return "\n".join(texts)
-
-
-def all_event_text(result) -> str:
-    return "\n".join(f"{e.message} {e.event_specific_data!r}" for e in result.all_events)
 
 
 def statuses(server: LedgerApiServer, page: str) -> list[int]:

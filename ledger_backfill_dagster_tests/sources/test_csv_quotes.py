@@ -33,7 +33,12 @@ from ledger_backfill_dagster.sources.csv_reader import (
     _parsed_record,
     read_records,
 )
-from ledger_backfill_dagster_tests.support.helpers import assert_ledger_invariants, cli_materialize
+from ledger_backfill_dagster_tests.support.cli import dagster_home
+from ledger_backfill_dagster_tests.support.helpers import (
+    assert_ledger_invariants,
+    cli_materialize,
+    use_settings,
+)
 
 ROW = "MASTER,U1,U2,1.00,USD,fiat,PAYMENT,SMUGGLED,2024-01-01T10:00:00Z,,"
 PROPERTY_SETTINGS = settings(
@@ -251,14 +256,9 @@ def quote_sources(tmp_path: Path, backfill_env: dict[str, str], monkeypatch: pyt
     accounts = tmp_path / "accounts.csv"
     accounts.write_text("accountId,currencyCode,allowNegative\nU1,USD,true\nU2,USD,true\n")
     written = _write_sources(tmp_path / "exports")
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    repo = Path(__file__).resolve().parents[2]
-    (home / "dagster.yaml").write_text((repo / "dagster.yaml").read_text())
+    home = dagster_home(tmp_path)
     settings = {"BACKFILL_SOURCE_FILE": str(tmp_path / "exports"), "ACCOUNTS_FILE": str(accounts)}
-    for key, value in settings.items():
-        monkeypatch.setenv(key, value)
-    backfill_env.update(settings)
+    use_settings(monkeypatch, backfill_env, settings)
     return {**backfill_env, "DAGSTER_HOME": str(home)}, written
 
 

@@ -25,38 +25,10 @@ from ledger_backfill_dagster_tests.support.helpers import (
     ledger_snapshot,
     materialize_range,
 )
-
-LEGACY_DDL = """
-CREATE TABLE ledger_entries_legacy (
-    id                 BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    ledger_id          TEXT,
-    debit_account_id   TEXT,
-    credit_account_id  TEXT,
-    amount             NUMERIC,
-    currency_code      TEXT,
-    asset_type         TEXT,
-    transaction_type   TEXT,
-    reference_id       TEXT,
-    timestamp_utc      TIMESTAMPTZ,
-    fx_rate            NUMERIC,
-    metadata           JSONB
-);
-CREATE INDEX ledger_entries_legacy_ts ON ledger_entries_legacy (timestamp_utc);
-"""
-COPY_LEGACY = (
-    "COPY ledger_entries_legacy (ledger_id, debit_account_id, credit_account_id, amount,"
-    " currency_code, asset_type, transaction_type, reference_id, timestamp_utc, fx_rate, metadata)"
-    " FROM STDIN (FORMAT csv, HEADER true)"
+from ledger_backfill_dagster_tests.support.legacy_source import (
+    load_legacy,
+    use_database_source,
 )
-
-
-def load_legacy(url: str, entries_csv: Path) -> int:
-    with psycopg.connect(url) as conn:
-        conn.execute(LEGACY_DDL)
-        with conn.cursor().copy(COPY_LEGACY) as copy:
-            copy.write(entries_csv.read_bytes())
-        conn.execute("ANALYZE ledger_entries_legacy")
-        return conn.execute("SELECT count(*) FROM ledger_entries_legacy").fetchone()[0]
 
 
 def source_figures(url: str) -> dict[str, object]:
@@ -94,19 +66,13 @@ def ledger_figures(url: str) -> dict[str, object]:
 
 @pytest.fixture
 def database_source_env(backfill_env, source_url, monkeypatch, tmp_path):
-    env = {
-        "BACKFILL_SOURCE_TYPE": "DATABASE",
+    settings = {
         "BACKFILL_SOURCE_URL": source_url,
         "BACKFILL_SOURCE_TABLE": "ledger_entries_legacy",
         "BACKFILL_SOURCE_PAGE_SIZE": "5000",
         "BATCH_SIZE": "5000",
     }
-    for key in ("BACKFILL_SOURCE_QUERY", "BACKFILL_SOURCE_COLUMN_MAP", "BACKFILL_API_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    backfill_env.update(env)
-    return backfill_env
+    return use_database_source(monkeypatch, backfill_env, settings)
 
 
 @pytest.mark.slow
@@ -284,8 +250,7 @@ def test_query_source_with_mapping_accounts_for_every_row(
         "accountId,currencyCode,allowNegative\nA-USD,USD,true\nB-USD,USD,true\n"
         "C-EUR,EUR,true\nD-EUR,EUR,true\n"
     )
-    env = {
-        "BACKFILL_SOURCE_TYPE": "DATABASE",
+    settings = {
         "BACKFILL_SOURCE_URL": source_url,
         "BACKFILL_SOURCE_QUERY": "SELECT * FROM legacy.old_ledger WHERE ref LIKE 'R-%'",
         "BACKFILL_SOURCE_ID_COLUMN": "entry_no",
@@ -294,8 +259,7 @@ def test_query_source_with_mapping_accounts_for_every_row(
         "ACCOUNTS_FILE": str(accounts),
     }
     monkeypatch.delenv("BACKFILL_SOURCE_TABLE", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    use_database_source(monkeypatch, backfill_env, settings)
     result = materialize_range("2024-01-01", "2024-01-02")
     assert result.success
     with psycopg.connect(database_url) as conn:

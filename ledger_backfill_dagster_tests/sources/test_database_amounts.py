@@ -29,11 +29,14 @@ import pytest
 from psycopg import sql
 
 from ledger_backfill_dagster.sources.database import DatabaseSource, DatabaseSourceError
+from ledger_backfill_dagster_tests.support.hardening_support import write_accounts
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
     check_evaluations,
+    failure_text,
     materialize_range,
 )
+from ledger_backfill_dagster_tests.support.legacy_source import LEGACY_TABLE, use_database_source
 
 CURRENCY_PLACES = {"USD": 2, "EUR": 2, "JPY": 0}
 CUSTOMERS_PER_CURRENCY = 8
@@ -190,47 +193,23 @@ CREATE FUNCTION half_even(v NUMERIC, places INT) RETURNS NUMERIC LANGUAGE sql IM
                    v * 10::numeric ^ places - floor(v * 10::numeric ^ places) AS d) AS parts
 $$;
 """
-LEGACY_TABLE = """
-CREATE TABLE ledger_entries_legacy (
-    id                 BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    ledger_id          TEXT,
-    debit_account_id   TEXT,
-    credit_account_id  TEXT,
-    {amount_column},
-    currency_code      TEXT,
-    asset_type         TEXT,
-    transaction_type   TEXT,
-    reference_id       TEXT,
-    timestamp_utc      TIMESTAMPTZ,
-    fx_rate            {fx_rate_type},
-    metadata           JSONB
-);
-CREATE INDEX ledger_entries_legacy_ts ON ledger_entries_legacy (timestamp_utc);
-"""
 
 
 @pytest.fixture
 def database_source_env(backfill_env, source_url, monkeypatch, tmp_path):
     """The backfill reads `ledger_entries_legacy` of the source database; the chart of accounts
     (every account of the three currencies) is ACCOUNTS_FILE."""
-    accounts = tmp_path / "accounts.csv"
-    lines = ["accountId,currencyCode,allowNegative"]
-    lines += [f"{a},{c},true" for c in CURRENCY_PLACES for a in accounts_of(c)]
-    accounts.write_text("\n".join(lines) + "\n")
-    env = {
-        "BACKFILL_SOURCE_TYPE": "DATABASE",
+    accounts = write_accounts(
+        tmp_path / "accounts.csv", {a: c for c in CURRENCY_PLACES for a in accounts_of(c)}
+    )
+    settings = {
         "BACKFILL_SOURCE_URL": source_url,
         "BACKFILL_SOURCE_TABLE": "ledger_entries_legacy",
         "BACKFILL_SOURCE_PAGE_SIZE": "5000",
         "BATCH_SIZE": "5000",
         "ACCOUNTS_FILE": str(accounts),
     }
-    for key in ("BACKFILL_SOURCE_QUERY", "BACKFILL_SOURCE_COLUMN_MAP", "BACKFILL_API_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    backfill_env.update(env)
-    return backfill_env
+    return use_database_source(monkeypatch, backfill_env, settings)
 
 
 def load_legacy(url: str, variant: Variant, entries: list[Entry]) -> None:
@@ -445,18 +424,6 @@ REAL_QUERY = (
 )
 
 
-def failure_texts(result) -> str:
-    """What the run's failed steps say (the Failure's description and the error)."""
-    texts = []
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data
-        if data.user_failure_data is not None:
-            texts.append(str(data.user_failure_data.description))
-        if data.error is not None:
-            texts.append(data.error.to_string())
-    return "\n".join(texts)
-
-
 @pytest.mark.parametrize(
     ("variant", "query", "type_name"),
     [(FLOAT_AMOUNTS, None, "double precision"), (NUMERIC_38_18, REAL_QUERY, "real")],
@@ -478,7 +445,7 @@ def test_a_float_amount_column_fails_the_run_before_any_row_is_read(
         monkeypatch.setenv("BACKFILL_SOURCE_QUERY", query)
     result = materialize_range("2024-01-01", "2024-01-01", raise_on_error=False)
     assert not result.success
-    said = failure_texts(result)
+    said = failure_text(result)
     assert f"column 'amount' is {type_name} and feeds amount" in said, said
     assert "amount::numeric(20,2)" in said and "BACKFILL_SOURCE_QUERY" in said
     assert "division by zero" not in said

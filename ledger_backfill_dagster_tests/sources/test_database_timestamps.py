@@ -38,6 +38,7 @@ from ledger_backfill_dagster_tests.support.helpers import (
     ledger_snapshot,
     materialize_range,
 )
+from ledger_backfill_dagster_tests.support.legacy_source import use_database_source
 
 TABLE_DDL = """
 CREATE TABLE legacy_ts (
@@ -78,20 +79,14 @@ def utc(*parts: int) -> datetime:
 def source_env(backfill_env, source_url, monkeypatch, tmp_path) -> dict[str, str]:
     accounts = tmp_path / "accounts.csv"
     accounts.write_text("accountId,currencyCode,allowNegative\nA-EUR,EUR,true\nB-EUR,EUR,true\n")
-    env = {
-        "BACKFILL_SOURCE_TYPE": "DATABASE",
+    settings = {
         "BACKFILL_SOURCE_URL": source_url,
         "BACKFILL_SOURCE_TABLE": "legacy_ts",
         "BACKFILL_SOURCE_PAGE_SIZE": "3",  # several pages per day, resumes across them
         "ACCOUNTS_FILE": str(accounts),
         "REPORTS_DIR": str(tmp_path / "reports"),
     }
-    for key in ("BACKFILL_SOURCE_QUERY", "BACKFILL_SOURCE_COLUMN_MAP", "BACKFILL_API_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    backfill_env.update(env)
-    return backfill_env
+    return use_database_source(monkeypatch, backfill_env, settings)
 
 
 def load(url: str, ts_type: str, rows: list[Row], index: str = "timestamp_utc") -> None:

@@ -20,12 +20,14 @@ from ledger_backfill_dagster.ledger.outbox import RelayOptions, relay_outbox
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.settings import SourceSettings
 from ledger_backfill_dagster.sources.generate import generate
-from ledger_backfill_dagster_tests.sources.test_api import all_event_text, failure_text
 from ledger_backfill_dagster_tests.support.helpers import (
     ASSETS,
+    all_event_text,
     assert_ledger_invariants,
     balances,
     expected_balances,
+    failure_text,
+    range_tags,
 )
 from ledger_backfill_dagster_tests.support.ledger_api_server import (
     LedgerApiServer,
@@ -70,10 +72,7 @@ def run_range(job: str, first: str, last: str, raise_on_error: bool = True):
             .resolve_job_def(job)
             .execute_in_process(
                 instance=instance,
-                tags={
-                    "dagster/asset_partition_range_start": first,
-                    "dagster/asset_partition_range_end": last,
-                },
+                tags=range_tags(first, last),
                 raise_on_error=raise_on_error,
             )
         )

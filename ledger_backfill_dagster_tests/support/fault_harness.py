@@ -12,7 +12,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,31 +21,18 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
-REPO = Path(__file__).resolve().parents[2]
-DAGSTER = Path(sys.executable).parent / "dagster"
-LEDGER_BACKFILL = Path(sys.executable).parent / "ledger-backfill"
+from ledger_backfill_dagster_tests.support import cli
+
 POSTER_APP = "ledger_backfill_dagster"  # application_name of the posting connections
-
-
-def dagster_home(tmp_path: Path) -> Path:
-    """A DAGSTER_HOME with the project's own dagster.yaml (instance storage on PostgreSQL,
-    the `ledger_pg` pool), so the runs behave as a user's runs do."""
-    home = tmp_path / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    return home
 
 
 def set_pool_limit(env: dict[str, str], pool: str = "ledger_pg", limit: int = 4) -> None:
     """Create the pool's limit once, before runs start at the same moment: on a fresh instance
     concurrent runs each insert the pool's default limit and all but one fail on
     `concurrency_limits_concurrency_key_key` (dagster-postgres)."""
-    done = subprocess.run(
-        [str(DAGSTER), "instance", "concurrency", "set", pool, str(limit)],
-        env=subprocess_env(env),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    done = cli.run(
+        [str(cli.DAGSTER), "instance", "concurrency", "set", pool, str(limit)],
+        subprocess_env(env),
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -59,6 +45,13 @@ def subprocess_env(env: dict[str, str]) -> dict[str, str]:
     return merged
 
 
+def ledger_backfill(env: dict[str, str], *args: str) -> str:
+    """`ledger-backfill args`, which must succeed; returns its standard output."""
+    done = cli.run([str(cli.LEDGER_BACKFILL), *args], subprocess_env(env), timeout=120, cwd=None)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    return done.stdout
+
+
 class Backfill:
     """One `dagster asset materialize --partition-range first...last` in its own session."""
 
@@ -66,19 +59,9 @@ class Backfill:
         self.log = log
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [
-                str(DAGSTER),
-                "asset",
-                "materialize",
-                "-m",
-                "ledger_backfill_dagster.definitions",
-                "--select",
-                "*",
-                "--partition-range",
-                f"{first}...{last}",
-            ],
+            cli.materialize_command(*cli.partition_range(first, last)),
             env=subprocess_env(env),
-            cwd=REPO,
+            cwd=cli.REPO,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             start_new_session=True,

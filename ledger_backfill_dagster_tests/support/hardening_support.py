@@ -12,7 +12,8 @@ import pytest
 
 from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
 from ledger_backfill_dagster.resources.settings import MonitoringSettings, SourceSettings
-from ledger_backfill_dagster_tests.support.helpers import REPO, cli_materialize
+from ledger_backfill_dagster_tests.support.cli import dagster_home
+from ledger_backfill_dagster_tests.support.helpers import cli_materialize
 
 DAY = "2024-01-01"
 
@@ -76,9 +77,7 @@ class Cli:
         source: Path,
         accounts: Path,
     ) -> None:
-        home = tmp_path / "dagster_home"
-        home.mkdir(exist_ok=True)
-        (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+        home = dagster_home(tmp_path)
         settings = {"BACKFILL_SOURCE_FILE": str(source), "ACCOUNTS_FILE": str(accounts)}
         for key, value in settings.items():
             monkeypatch.setenv(key, value)  # so this process finds the same reports folder

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
 import psycopg
+import pytest
 
 from ledger_backfill_dagster.definitions import build_definitions
 from ledger_backfill_dagster.defs.backfill.checks import LEDGER_CHECKS
@@ -22,6 +22,7 @@ from ledger_backfill_dagster.defs.backfill.transform import transformed_entries
 from ledger_backfill_dagster.defs.backfill.validate import validated_entries
 from ledger_backfill_dagster.entries.fields import CANONICAL_FIELDS
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster_tests.support import cli
 
 ASSETS = [
     extracted_source,
@@ -30,7 +31,6 @@ ASSETS = [
     posted_batches,
     reconciliation_report,
 ]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def backfill_job(
@@ -54,6 +54,14 @@ def backfill_job(
     return defs.resolve_job_def(name)
 
 
+def range_tags(first: str, last: str) -> dict[str, str]:
+    """The run tags of a single-run backfill of the partitions first...last."""
+    return {
+        "dagster/asset_partition_range_start": first,
+        "dagster/asset_partition_range_end": last,
+    }
+
+
 def materialize_range(
     first: str, last: str, *, raise_on_error: bool = True, assets: list | None = None
 ) -> dg.ExecuteInProcessResult:
@@ -63,10 +71,7 @@ def materialize_range(
     with dg.instance_for_test() as instance:
         return job.execute_in_process(
             instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": first,
-                "dagster/asset_partition_range_end": last,
-            },
+            tags=range_tags(first, last),
             raise_on_error=raise_on_error,
         )
 
@@ -74,25 +79,35 @@ def materialize_range(
 def cli_materialize(
     first: str, last: str, env: dict[str, str], timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    """`dagster asset materialize` in a subprocess, as a user runs it."""
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "ledger_backfill_dagster.definitions",
-            "--select",
-            "*",
-            "--partition-range",
-            f"{first}...{last}",
-        ],
-        env={**os.environ, **env},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    """`dagster asset materialize` of every asset over first...last in a subprocess, as a user
+    runs it, with `env` over this process's environment."""
+    return cli.run(
+        cli.materialize_command(*cli.partition_range(first, last)),
+        {**os.environ, **env},
         timeout=timeout,
     )
+
+
+def use_source_files(
+    monkeypatch: pytest.MonkeyPatch, entries: Path, accounts: Path, **settings: str
+) -> None:
+    """This test's in-process backfills read the CSV `entries` with the chart of accounts
+    `accounts`, and any further `settings` (environment variables), from the environment."""
+    monkeypatch.setenv("BACKFILL_SOURCE_FILE", str(entries))
+    monkeypatch.setenv("ACCOUNTS_FILE", str(accounts))
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+
+
+def use_settings(
+    monkeypatch: pytest.MonkeyPatch, backfill_env: dict[str, str], settings: dict[str, str]
+) -> dict[str, str]:
+    """`settings` for this test's backfills both in process (the environment) and in subprocesses
+    (added to `backfill_env`, which is returned)."""
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    backfill_env.update(settings)
+    return backfill_env
 
 
 def expected_balances(entries_csv: Path) -> dict[str, Decimal]:
@@ -321,12 +336,27 @@ class BackfillRunner:
             job = self.jobs[key]
         return job.execute_in_process(
             instance=self.instance,
-            tags={
-                "dagster/asset_partition_range_start": first,
-                "dagster/asset_partition_range_end": last or first,
-            },
+            tags=range_tags(first, last or first),
             raise_on_error=raise_on_error,
         )
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    """Everything Dagster recorded about the failed steps: event message, error, description."""
+    parts = []
+    for event in result.get_step_failure_events():
+        parts.append(event.message or "")
+        data = event.step_failure_data
+        if data.error is not None:
+            parts.append(data.error.to_string())
+        if data.user_failure_data is not None:
+            parts.append(data.user_failure_data.description or "")
+    return "\n".join(parts)
+
+
+def all_event_text(result: dg.ExecuteInProcessResult) -> str:
+    """Every event of the run as its log shows it: message and data."""
+    return "\n".join(f"{e.message} {e.event_specific_data!r}" for e in result.all_events)
 
 
 def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
