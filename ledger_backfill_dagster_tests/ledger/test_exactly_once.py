@@ -18,10 +18,14 @@ import pytest
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.support.cli import dagster_home
 from ledger_backfill_dagster_tests.support.fault_harness import (
+    HOLD_ACCOUNTS,
+    PAUSE_PROBE_TABLE,
     Backfill,
     CommitAckDropper,
+    Locker,
     checkpoints,
     ledger_backfill,
+    poster_blocked,
     wait_until,
 )
 from ledger_backfill_dagster_tests.support.hardening_support import write_accounts, write_entries
@@ -403,11 +407,25 @@ def test_pause_from_the_cli_stops_after_the_current_batch_and_resume_completes(
     data, env = subprocess_backfill
     run = Backfill(DAY1, DAY2, env, tmp_path / "paused.log")
     wait_until(lambda: _batches(conn) >= 3, 180, "posting", run)
-    ledger_backfill(env, "pause")
-    at_request = _batches(conn)
+    # The moment is made, not raced: with the accounts locked, the next batch waits at its
+    # account locks, so the run cannot finish before the CLI's request lands, however fast it is.
+    accounts = Locker(env["DATABASE_URL"])
+    try:
+        accounts.hold(HOLD_ACCOUNTS)
+        wait_until(
+            lambda: poster_blocked(conn, except_on=PAUSE_PROBE_TABLE),
+            60,
+            "the next batch to wait for its accounts",
+            run,
+        )
+        ledger_backfill(env, "pause")
+        at_request = _batches(conn)
+        accounts.release()
+    finally:
+        accounts.close()
     assert run.wait(120) != 0
-    # The Dagster step failure says why the run stopped. The CLI takes a few seconds to start, so
-    # the request may land in either day: the day in flight is PAUSED, an earlier one COMPLETED.
+    # The Dagster step failure says why the run stopped. The request may land in either day: the
+    # day in flight is PAUSED, an earlier one COMPLETED.
     assert re.search(
         r"PAUSED: partition 2024-01-0[12]: paused on request after batch", run.output()
     )
