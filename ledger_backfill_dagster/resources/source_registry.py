@@ -75,8 +75,9 @@ def _secret(value: object) -> str | None:
     """A resource field's value; outside a run (the CLI) an EnvVar is read from the environment."""
     if isinstance(value, dg.EnvVar):
         return value.get_value()
-    # anything else is the field's own value: a str, or None when unset
-    return value  # type: ignore[return-value]
+    if value is None or isinstance(value, str):  # the field's own value, None when unset
+        return value
+    raise TypeError(f"a secret field holds a {type(value).__name__}, not text or an EnvVar")
 
 
 def _source_url(settings: SourceSettings, what: str) -> str:
