@@ -65,8 +65,14 @@ PARTITION_COLUMNS = (
     "unaccounted",
     "checkpoint_status",
 )
+# The report's partitions CSV names two of them as its first release did.
+PARTITION_CSV_NAMES = {"partition_key": "partition", "checkpoint_status": "checkpoint"}
+# An account whose balance differs from its entries (balance_drift.sql), as tables show it.
+DRIFT_COLUMNS = ("account_id", "currency_code", "expected_balance", "actual_balance", "difference")
 # Debits and credits per ledger and currency, as the UI tables show them (currency_totals.sql).
 CURRENCY_TOTAL_COLUMNS = ("ledger_id", "currency", "debits", "credits", "fx_net", "balanced")
+# Stored balances against the entries' net per currency (balances_by_currency.sql).
+BALANCES_BY_CURRENCY_COLUMNS = ("currency", "stored_balances", "entries_net", "consistent")
 
 
 @dataclass

@@ -11,14 +11,23 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ledger_backfill_dagster.ledger.reconcile import CONTROL_TOTAL_COLUMNS, Reconciliation
+from ledger_backfill_dagster.ledger.reconcile import (
+    BALANCES_BY_CURRENCY_COLUMNS,
+    CONTROL_TOTAL_COLUMNS,
+    CURRENCY_TOTAL_COLUMNS,
+    DRIFT_COLUMNS,
+    PARTITION_COLUMNS,
+    PARTITION_CSV_NAMES,
+    Reconciliation,
+)
 
 ERROR_COLUMNS = ["source_row_id", "source_file", "line_number", "reasons", "raw_row"]
 # OWASP, "CSV Injection": a spreadsheet takes a cell beginning with one of these for a formula.
@@ -66,7 +75,7 @@ def write_error_report(
     return target
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     if not rows:
         return "_none_\n"
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -75,6 +84,10 @@ def _table(rows: list[dict], columns: list[str]) -> str:
             "| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _spaced(column: str) -> str:
+    return column.replace("_", " ")
 
 
 def summary_markdown(r: Reconciliation) -> str:
@@ -110,43 +123,15 @@ def summary_markdown(r: Reconciliation) -> str:
         ),
         "## Control totals per currency (source = ledger + held)\n",
         _table(
-            [
-                {
-                    "currency": t.currency,
-                    "source count": t.source_count,
-                    "source sum": t.source_sum,
-                    "ledger count": t.ledger_count,
-                    "ledger sum": t.ledger_sum,
-                    "held count": t.held_count,
-                    "held sum": t.held_sum,
-                    "matches": t.matches,
-                }
-                for t in r.control_totals
-            ],
-            [
-                "currency",
-                "source count",
-                "source sum",
-                "ledger count",
-                "ledger sum",
-                "held count",
-                "held sum",
-                "matches",
-            ],
+            [{_spaced(c): getattr(t, c) for c in CONTROL_TOTAL_COLUMNS} for t in r.control_totals],
+            [_spaced(c) for c in CONTROL_TOTAL_COLUMNS],
         ),
         "## Debits and credits per ledger and currency\n",
-        _table(
-            r.currency_totals, ["ledger_id", "currency", "debits", "credits", "fx_net", "balanced"]
-        ),
+        _table(r.currency_totals, CURRENCY_TOTAL_COLUMNS),
         "## Stored balances per currency vs entries\n",
-        _table(
-            r.balances_by_currency, ["currency", "stored_balances", "entries_net", "consistent"]
-        ),
+        _table(r.balances_by_currency, BALANCES_BY_CURRENCY_COLUMNS),
         "## Balance reconciliation (6.2): accounts whose balance differs from their entries\n",
-        _table(
-            r.balance_drift,
-            ["account_id", "currency_code", "expected_balance", "actual_balance", "difference"],
-        ),
+        _table(r.balance_drift, DRIFT_COLUMNS),
         "## Outbox (6.3)\n",
         _table(r.outbox_status, ["status", "count", "oldest", "newest"]),
         "## Problems\n",
@@ -164,41 +149,13 @@ def write_reconciliation(root: Path, source_key: str, r: Reconciliation) -> Path
     markdown.write_text(summary_markdown(r), encoding="utf-8")
     write_csv(
         folder / f"{name}_partitions.csv",
-        [
-            "partition",
-            "read",
-            "posted",
-            "duplicates",
-            "conflicts",
-            "rejected",
-            "unaccounted",
-            "checkpoint",
-        ],
-        (
-            [
-                p.partition_key,
-                p.read,
-                p.posted,
-                p.duplicates,
-                p.conflicts,
-                p.rejected,
-                p.unaccounted,
-                p.checkpoint_status,
-            ]
-            for p in r.partitions
-        ),
+        [PARTITION_CSV_NAMES.get(c, c) for c in PARTITION_COLUMNS],
+        ([p.as_row()[c] for c in PARTITION_COLUMNS] for p in r.partitions),
     )
-    drift_columns = [
-        "account_id",
-        "currency_code",
-        "expected_balance",
-        "actual_balance",
-        "difference",
-    ]
     write_csv(
         folder / f"{name}_balances.csv",
-        drift_columns,
-        ([d[c] for c in drift_columns] for d in r.balance_drift),
+        list(DRIFT_COLUMNS),
+        ([d[c] for c in DRIFT_COLUMNS] for d in r.balance_drift),
     )
     write_csv(
         folder / f"{name}_control_totals.csv",

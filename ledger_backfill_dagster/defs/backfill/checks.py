@@ -33,8 +33,10 @@ from ledger_backfill_dagster.defs.backfill.common import rows_table
 from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
 from ledger_backfill_dagster.defs.partitions import daily_partitions
 from ledger_backfill_dagster.ledger.reconcile import (
+    BALANCES_BY_CURRENCY_COLUMNS,
     CONTROL_TOTAL_COLUMNS,
     CURRENCY_TOTAL_COLUMNS,
+    DRIFT_COLUMNS,
     PARTITION_COLUMNS,
     control_totals,
     exact_sum,
@@ -88,9 +90,7 @@ def debits_equal_credits(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
             "unbalanced_pairs": dg.MetadataValue.int(len(unbalanced)),
             "inconsistent_currencies": dg.MetadataValue.int(len(inconsistent)),
             "currency_totals": rows_table(totals[:SHOWN], CURRENCY_TOTAL_COLUMNS),
-            "balances_by_currency": rows_table(
-                by_currency[:SHOWN], ["currency", "stored_balances", "entries_net", "consistent"]
-            ),
+            "balances_by_currency": rows_table(by_currency[:SHOWN], BALANCES_BY_CURRENCY_COLUMNS),
         },
     )
 
@@ -114,10 +114,7 @@ def balances_match_entries(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
         ),
         metadata={
             "accounts_with_drift": dg.MetadataValue.int(len(drift)),
-            "drift": rows_table(
-                drift[:SHOWN],
-                ["account_id", "currency_code", "expected_balance", "actual_balance", "difference"],
-            ),
+            "drift": rows_table(drift[:SHOWN], DRIFT_COLUMNS),
         },
     )
 
