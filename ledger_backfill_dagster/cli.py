@@ -47,7 +47,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """The seed's monitoring queries: progress, stalled partitions, completion (monitoring.py)."""
+    """The seed's monitoring queries: progress, stalled partitions, completion (ledger/status.py)."""
     from ledger_backfill_dagster.ledger.status import read_status, schema_missing, status_text
     from ledger_backfill_dagster.resources.settings import MonitoringSettings
 

@@ -105,7 +105,7 @@ def build_definitions(
         # Stages of one run run in order in one process: no per-step process start-up, and
         # partitions run in parallel through PARALLEL_WORKERS or concurrent runs instead.
         # Dagster's in-process executor, whose wait for a `ledger_pg` slot can be stopped and
-        # frees the slots of runs whose process is gone (run_executor.py).
+        # frees the slots of runs whose process is gone (defs/execution/executor.py).
         executor=ledger_in_process_executor,
     )
 

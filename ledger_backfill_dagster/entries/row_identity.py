@@ -16,7 +16,7 @@ position), so two identical payments without a reference are two rows, not one r
 
 Cosmetic differences (surrounding spaces, `10.5` against `10.50`, metadata key order, an
 instant written with another offset) do not change the key. The posting stage looks every row
-up by this key before it inserts anything (`sql/queries/mark_known_rows.sql`).
+up by this key before it inserts anything (`sql/queries/posting/mark_known_rows.sql`).
 """
 
 from __future__ import annotations
