@@ -10,6 +10,7 @@ or token fails when the code location loads, showing nothing past the scheme: se
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import dagster as dg
 from pydantic import Field
@@ -20,6 +21,18 @@ SOURCE_URL_ENV = "BACKFILL_SOURCE_URL"
 API_TOKEN_ENV = "BACKFILL_API_TOKEN"
 OUTBOX_URL_ENV = "OUTBOX_RELAY_URL"
 OUTBOX_TOKEN_ENV = "OUTBOX_RELAY_TOKEN"
+
+
+def _env_vars(fields: dict[str, tuple[str, Callable[[str, str], object]]]) -> dict[str, dg.EnvVar]:
+    """EnvVar references for the fields whose variable is set, each value checked first: a
+    malformed one fails when the code location loads, with a message that never shows it."""
+    values: dict[str, dg.EnvVar] = {}
+    for field, (variable, check) in fields.items():
+        raw = os.environ.get(variable, "")
+        if raw.strip():
+            check(variable, raw)
+            values[field] = dg.EnvVar(variable)
+    return values
 
 
 class SourceConnection(dg.ConfigurableResource):
@@ -37,13 +50,9 @@ class SourceConnection(dg.ConfigurableResource):
     @classmethod
     def from_env(cls) -> SourceConnection | None:
         """EnvVar references for the variables that are set; None when neither is."""
-        values: dict[str, dg.EnvVar] = {}
-        if os.environ.get(SOURCE_URL_ENV, "").strip():
-            check_source_url(SOURCE_URL_ENV, os.environ[SOURCE_URL_ENV])
-            values["url"] = dg.EnvVar(SOURCE_URL_ENV)
-        if os.environ.get(API_TOKEN_ENV, "").strip():
-            check_token(API_TOKEN_ENV, os.environ[API_TOKEN_ENV])
-            values["api_token"] = dg.EnvVar(API_TOKEN_ENV)
+        values = _env_vars(
+            {"url": (SOURCE_URL_ENV, check_source_url), "api_token": (API_TOKEN_ENV, check_token)}
+        )
         return cls(**values) if values else None
 
 
@@ -59,11 +68,8 @@ class OutboxEndpoint(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> OutboxEndpoint:
-        values: dict[str, dg.EnvVar] = {}
-        if os.environ.get(OUTBOX_URL_ENV, "").strip():
-            check_http_url(OUTBOX_URL_ENV, os.environ[OUTBOX_URL_ENV])
-            values["url"] = dg.EnvVar(OUTBOX_URL_ENV)
-        if os.environ.get(OUTBOX_TOKEN_ENV, "").strip():
-            check_token(OUTBOX_TOKEN_ENV, os.environ[OUTBOX_TOKEN_ENV])
-            values["token"] = dg.EnvVar(OUTBOX_TOKEN_ENV)
-        return cls(**values)
+        return cls(
+            **_env_vars(
+                {"url": (OUTBOX_URL_ENV, check_http_url), "token": (OUTBOX_TOKEN_ENV, check_token)}
+            )
+        )
