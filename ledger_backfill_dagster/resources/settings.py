@@ -80,8 +80,11 @@ class EnvSettings(dg.ConfigurableResource):
     @classmethod
     def _number_in_range(cls, value: object, info: ValidationInfo) -> object:
         variable = cls.ENV.get(str(info.field_name), "")
-        numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if variable in NUMERIC_LIMITS and numeric and isinstance(value, int | float):
+        if (
+            variable in NUMERIC_LIMITS
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
             try:
                 check_range(variable, value)
             except SettingsError as exc:

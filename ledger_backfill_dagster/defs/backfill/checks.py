@@ -29,7 +29,7 @@ checks are not (one result describes the whole ledger, whatever partitions the r
 import dagster as dg
 from psycopg.rows import dict_row
 
-from ledger_backfill_dagster.defs.backfill.common import rows_table
+from ledger_backfill_dagster.defs.backfill.common import rows_table, source_reader
 from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
 from ledger_backfill_dagster.defs.partitions import daily_partitions
 from ledger_backfill_dagster.ledger.reconcile import (
@@ -45,25 +45,16 @@ from ledger_backfill_dagster.ledger.reconcile import (
     partition_accounts,
     source_control_totals,
 )
-from ledger_backfill_dagster.lib.errors import SettingsError
 from ledger_backfill_dagster.lib.sql_files import query
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.settings import SourceSettings
 from ledger_backfill_dagster.resources.stage_store import StageStore
-from ledger_backfill_dagster.sources.base import SourceReader
 
 SHOWN = 50  # rows of evidence kept in a check's metadata
 
 
 def _keys(context: dg.AssetCheckExecutionContext) -> list[str]:
     return sorted(context.partition_keys)
-
-
-def _reader(source: SourceSettings) -> SourceReader:
-    try:
-        return source.reader()
-    except SettingsError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
 @dg.asset_check(
@@ -151,7 +142,7 @@ def no_duplicate_references(ledger_db: LedgerDatabase) -> dg.AssetCheckResult:
 def source_rows_accounted_for(
     context: dg.AssetCheckExecutionContext, source: SourceSettings, ledger_db: LedgerDatabase
 ) -> dg.AssetCheckResult:
-    reader = _reader(source)
+    reader = source_reader(source)
     keys = _keys(context)
     read = StageStore.default().rows_read(reader.source_key, keys)
     with ledger_db.connection() as conn:
@@ -184,7 +175,7 @@ def source_rows_accounted_for(
 def outbox_coverage(
     context: dg.AssetCheckExecutionContext, source: SourceSettings, ledger_db: LedgerDatabase
 ) -> dg.AssetCheckResult:
-    reader = _reader(source)
+    reader = source_reader(source)
     keys = _keys(context)
     with ledger_db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         statuses = cur.execute(
@@ -230,7 +221,7 @@ def outbox_coverage(
 def control_totals_match(
     context: dg.AssetCheckExecutionContext, source: SourceSettings, ledger_db: LedgerDatabase
 ) -> dg.AssetCheckResult:
-    reader = _reader(source)
+    reader = source_reader(source)
     keys = _keys(context)
     validated = StageStore.default().validated_paths(reader.source_key, keys)
     source_totals = source_control_totals(validated)

@@ -40,16 +40,20 @@ def stage(context: dg.AssetExecutionContext, source: SourceSettings) -> Stage:
     keys = sorted(context.partition_keys)
     if not keys:
         raise dg.Failure(description=no_partitions(context.run.tags), allow_retries=False)
-    try:
-        reader = source.reader()
-    except SettingsError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     return Stage(
         keys=keys,
-        source=reader,
+        source=source_reader(source),
         store=StageStore.default(),
         run_id=context.run.run_id,
     )
+
+
+def source_reader(source: SourceSettings) -> SourceReader:
+    """The run's Source Reader; settings that describe none fail the step, saying why."""
+    try:
+        return source.reader()
+    except SettingsError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
 def no_partitions(tags: Mapping[str, str]) -> str:
