@@ -16,6 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ledger_backfill_dagster.lib.redaction import redact
+from ledger_backfill_dagster.lib.rows import one_row
 from ledger_backfill_dagster.lib.sql_files import query
 
 
@@ -43,18 +44,19 @@ def record(
     dry_run: bool,
 ) -> int:
     """Write one audit row in the caller's transaction; returns its id."""
-    row = conn.execute(
-        query("maintenance/record_audit"),
-        (
-            action,
-            as_json(scope),
-            as_json(details),
-            redact(reason) if reason else None,
-            run_id,
-            dry_run,
-        ),
-    ).fetchone()
-    assert row is not None
+    row = one_row(
+        conn.execute(
+            query("maintenance/record_audit"),
+            (
+                action,
+                as_json(scope),
+                as_json(details),
+                redact(reason) if reason else None,
+                run_id,
+                dry_run,
+            ),
+        )
+    )
     return int(row[0])
 
 

@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ledger_backfill_dagster.lib.redaction import redact
+from ledger_backfill_dagster.lib.rows import one_row
 from ledger_backfill_dagster.lib.sql_files import query
 
 IN_PROGRESS, COMPLETED, FAILED, PAUSED = "IN_PROGRESS", "COMPLETED", "FAILED", "PAUSED"
@@ -57,8 +58,7 @@ def open_checkpoint(
     key = (source_id, source_type, partition_key)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query("checkpoints/create"), key)
-        row = cur.execute(query("checkpoints/lock"), key).fetchone()
-        assert row is not None
+        row = one_row(cur.execute(query("checkpoints/lock"), key))
         same_plan = row["plan_digest"] == plan_digest
         if row["status"] == COMPLETED and same_plan and not force_redo:
             return _checkpoint(row), True
@@ -74,8 +74,7 @@ def open_checkpoint(
                 "id": row["id"],
             },
         )
-        updated = cur.fetchone()
-        assert updated is not None
+        updated = one_row(cur)
         if restart:
             # The run classifies every row of the partition again: what earlier runs recorded
             # is replaced, not added to (a re-export may have moved rows to other lines).

@@ -33,6 +33,7 @@ from psycopg.types.json import Jsonb
 from ledger_backfill_dagster.ledger import audit
 from ledger_backfill_dagster.ledger.balance_check import drifting_accounts
 from ledger_backfill_dagster.lib.errors import TerminalError
+from ledger_backfill_dagster.lib.rows import one_row
 from ledger_backfill_dagster.lib.sql_files import query
 
 SOURCE_ID = "ledger_corrections"
@@ -188,24 +189,25 @@ def _post(
     neutralize = query("maintenance/neutralize_balance")
     if c.difference < 0:
         conn.execute(neutralize, {"d": c.difference, "a": c.account_id})
-    row = conn.execute(
-        query("maintenance/post_correction"),
-        {
-            "ledger": ledger_id,
-            "debit": c.debit_account_id,
-            "credit": c.credit_account_id,
-            "amount": c.amount,
-            "currency": c.currency_code,
-            "asset": asset_type,
-            "type": TRANSACTION_TYPE,
-            "reference": c.reference_id,
-            "metadata": Jsonb(metadata),
-            "source": SOURCE_ID,
-            "source_type": SOURCE_TYPE,
-            "run": run_id,
-        },
-    ).fetchone()
-    assert row is not None
+    row = one_row(
+        conn.execute(
+            query("maintenance/post_correction"),
+            {
+                "ledger": ledger_id,
+                "debit": c.debit_account_id,
+                "credit": c.credit_account_id,
+                "amount": c.amount,
+                "currency": c.currency_code,
+                "asset": asset_type,
+                "type": TRANSACTION_TYPE,
+                "reference": c.reference_id,
+                "metadata": Jsonb(metadata),
+                "source": SOURCE_ID,
+                "source_type": SOURCE_TYPE,
+                "run": run_id,
+            },
+        )
+    )
     c.entry_id = int(row[0])
     if c.difference > 0:
         conn.execute(neutralize, {"d": c.difference, "a": c.account_id})

@@ -50,7 +50,7 @@ from ledger_backfill_dagster.ledger.errors import (
 from ledger_backfill_dagster.ledger.rejects import record_refused_row
 from ledger_backfill_dagster.ledger.rollback import reinstate_reversed
 from ledger_backfill_dagster.lib.errors import is_transient
-from ledger_backfill_dagster.lib.rows import named_row
+from ledger_backfill_dagster.lib.rows import named_row, one_row
 from ledger_backfill_dagster.lib.sql_files import query
 
 log = logging.getLogger(__name__)
@@ -577,8 +577,7 @@ class PartitionPoster:
     def _insert_entries(cur: psycopg.Cursor[Any], params: dict[str, str]) -> Any:
         """Insert the batch set-based: entries, their outbox rows, and the staged rows marked
         posted. The row's `posted`, `outbox_rows` and `marked` count each."""
-        inserted = cur.execute(query("posting/post_batch"), params).fetchone()
-        assert inserted is not None
+        inserted = one_row(cur.execute(query("posting/post_batch"), params))
         return inserted
 
     def _lock_accounts(self, cur: psycopg.Cursor[Any], batch: pd.DataFrame) -> set[str]:
@@ -594,8 +593,7 @@ class PartitionPoster:
     def _move_balances(cur: psycopg.Cursor[Any], number: int, inserted: Any) -> None:
         """Move the balances of the entries inserted, netted per account, and check that every
         entry got its outbox row and its staged row, and every account its update."""
-        moved = cur.execute(query("posting/apply_batch_balances")).fetchone()
-        assert moved is not None
+        moved = one_row(cur.execute(query("posting/apply_batch_balances")))
         if not (
             moved.accounts_expected == moved.accounts_moved
             and inserted.posted == inserted.outbox_rows == inserted.marked
