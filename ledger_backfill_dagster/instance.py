@@ -26,6 +26,17 @@ was most of such a run's time (docs/performance.md, 'Why the code is shaped this
 variable is set when this storage loads (every process that uses the instance loads it first); a
 value set outside wins.
 
+A run's plan is written in batches too (`LedgerEventLogStorage`): before a single-run backfill
+starts, Dagster plans every asset for every partition, one ASSET_MATERIALIZATION_PLANNED event
+each (45,660 for 25 years of five daily assets), and each check for every partition. Dagster hands
+them over in batches, but dagster-postgres then stores each planned event on its own (an INSERT,
+then an index transaction) and serializes a planned check's whole event again for every
+partition. Here a batch of planned materializations is one INSERT plus one asset-table update per
+asset, and a planned check is serialized once: the same rows, in the same order, as Dagster's own
+path writes. The per-partition events stay, so a failed run still marks its days failed in the
+UI (Dagster's DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS would write one event per asset and
+lose that; docs/performance.md).
+
 SQLAlchemy 2.1 maps `postgresql://` to psycopg 3, on which dagster-postgres's `NOTIFY` statement
 fails; the URL is therefore given to it with the psycopg2 dialect, which dagster-postgres installs.
 The URL is read by libpq's parser first and refused, showing nothing past its scheme, if libpq
@@ -35,11 +46,20 @@ would misread it (see `redaction.py`); SQLAlchemy gets it rebuilt, the password 
 from __future__ import annotations
 
 import getpass
+import itertools
 import os
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+from dagster import DagsterEventType
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    SqlEventLogStorageTable,
+)
+from dagster._serdes import serialize_value
 from dagster_postgres import DagsterPostgresStorage
+from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.utils import create_pg_engine
 from sqlalchemy.engine import URL, make_url
 
@@ -48,6 +68,8 @@ from ledger_backfill_dagster.lib.redaction import check_postgres_url, without_dr
 
 if TYPE_CHECKING:
     # Dagster's own name for a configurable class's data (dagster-postgres types it so too).
+    from dagster import EventLogEntry
+    from dagster._core.events import AssetCheckEvaluationPlanned
     from dagster._serdes import ConfigurableClassData
 
 EVENT_BATCH_SIZE = "1000"
@@ -99,12 +121,74 @@ def instance_postgres_url() -> str:
     return with_async_commit(with_psycopg2_dialect(embedded_server_uri(DAGSTER_DATABASE)))
 
 
+class LedgerEventLogStorage(PostgresEventLogStorage):
+    """dagster-postgres's event log, storing a run's planned events in batches (module docstring)."""
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        # Runs of one event type, in order: planned materializations in one go, the rest as
+        # dagster-postgres stores them.
+        for event_type, run in itertools.groupby(events, key=lambda e: e.dagster_event_type):
+            same_type = list(run)
+            if event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED and len(same_type) > 1:
+                self._store_planned_batch(same_type)
+            else:
+                super().store_event_batch(same_type)
+
+    def _store_planned_batch(self, events: list[EventLogEntry]) -> None:
+        """What `store_event` does for each planned event, as one INSERT and one transaction. The
+        asset table keeps each asset's last event only, so only that one is written to it."""
+        with self._connect() as conn:
+            inserted = conn.execute(
+                self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id)
+            )
+            event_ids = [int(row[0]) for row in inserted.fetchall()]
+        last_of_asset: dict[Any, tuple[EventLogEntry, int]] = {}
+        for event, event_id in zip(events, event_ids, strict=True):
+            last_of_asset[event.get_dagster_event().asset_key] = (event, event_id)
+        with self.index_transaction() as conn:
+            self._store_asset_event_tags(conn, events, event_ids)
+            for event, event_id in last_of_asset.values():
+                self._store_asset_event(conn, event, event_id)
+
+    def _store_asset_check_evaluation_planned(
+        self, event: EventLogEntry, event_id: int | None
+    ) -> None:
+        """Dagster's rows, one per partition, with the event serialized once, not per partition."""
+        planned: AssetCheckEvaluationPlanned = event.get_dagster_event().event_specific_data  # type: ignore[assignment]
+        subset = planned.partitions_subset
+        partition_keys = subset.get_partition_keys() if subset else [None]
+        serialized = serialize_value(event)
+        timestamp = self._event_insert_timestamp(event)
+        with self.index_connection() as conn:
+            conn.execute(
+                AssetCheckExecutionsTable.insert().values(
+                    [
+                        dict(
+                            asset_key=planned.asset_key.to_string(),
+                            check_name=planned.check_name,
+                            partition=partition_key,
+                            run_id=event.run_id,
+                            execution_status=AssetCheckExecutionRecordStatus.PLANNED.value,
+                            evaluation_event=serialized,
+                            evaluation_event_timestamp=timestamp,
+                            evaluation_event_storage_id=event_id,
+                        )
+                        for partition_key in partition_keys
+                    ]
+                )
+            )
+
+
 class LedgerInstanceStorage(DagsterPostgresStorage):
     """dagster-postgres storage whose URL comes from the environment or the embedded server,
     with pooled connections."""
 
     def __init__(self, postgres_url: str, inst_data: ConfigurableClassData | None = None) -> None:
         super().__init__(postgres_url, inst_data=inst_data)
+        # dagster-postgres's own event log created the tables if needed; this one only writes.
+        self._event_log_storage = LedgerEventLogStorage(
+            postgres_url, should_autocreate_tables=False
+        )
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", EVENT_BATCH_SIZE)
         for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
             # The same engine dagster-postgres builds for its webserver, plus a liveness check.

@@ -93,6 +93,81 @@ def open_checkpoint(
         return _checkpoint(updated), False
 
 
+@dataclass(frozen=True)
+class GroupMember:
+    """What opening a group member's checkpoint needs of its plan."""
+
+    partition_key: str
+    digest: str
+    to_process: int
+    rejected: int
+
+
+class GroupNotFresh(Exception):
+    """A member of a group has a committed batch of its current plan: it must resume alone."""
+
+
+def open_group(
+    conn: psycopg.Connection,
+    *,
+    source_id: str,
+    source_type: str,
+    run_id: str,
+    members: list[GroupMember],
+    force_redo: bool,
+) -> tuple[dict[str, Checkpoint], set[str]]:
+    """`open_checkpoint` for a group of partitions posted in one batch, in one transaction:
+    (checkpoints opened for this run by partition, partitions skipped as COMPLETED).
+
+    Every opened checkpoint starts over (restart), which is what `open_checkpoint` decides for
+    each of them too: a group only takes partitions with no committed batch of their current
+    plan. Should one have gained one since the group was formed (another run), GroupNotFresh is
+    raised and nothing changes."""
+    keys = [m.partition_key for m in members]
+    by_key = {m.partition_key: m for m in members}
+    names = {"source_id": source_id, "source_type": source_type, "partition_keys": keys}
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query("checkpoints/create_many"), names)
+        rows = cur.execute(query("checkpoints/lock_many"), names).fetchall()
+        skipped: set[str] = set()
+        opening: list[dict] = []
+        for row in rows:
+            member = by_key[row["partition_key"]]
+            same_plan = row["plan_digest"] == member.digest
+            if row["status"] == COMPLETED and same_plan and not force_redo:
+                skipped.add(member.partition_key)
+            elif same_plan and row["status"] != COMPLETED and row["last_processed_id"] is not None:
+                raise GroupNotFresh(member.partition_key)
+            else:
+                opening.append(row)
+        if not opening:
+            return {}, skipped
+        chosen = [by_key[row["partition_key"]] for row in opening]
+        opened = cur.execute(
+            query("checkpoints/restart_many"),
+            {
+                "run_id": run_id,
+                "ids": [row["id"] for row in opening],
+                "digests": [m.digest for m in chosen],
+                "to_process": [m.to_process for m in chosen],
+                "rejected": [m.rejected for m in chosen],
+            },
+        ).fetchall()
+        restarted = {"source_id": source_id, "partition_keys": [m.partition_key for m in chosen]}
+        cur.execute(query("checkpoints/clear_outcomes_many"), restarted)
+        cur.execute(query("rejects/clear_partitions"), {**restarted, "stage": "post"})
+    return {row["partition_key"]: _checkpoint(row) for row in opened}, skipped
+
+
+def complete_group(conn: psycopg.Connection, summaries: dict[int, dict]) -> None:
+    """`finish` with COMPLETED for a group's checkpoints (by id, with each one's summary)."""
+    with conn.transaction():
+        conn.execute(
+            query("checkpoints/complete_many"),
+            {"ids": list(summaries), "metadata": [Jsonb(m) for m in summaries.values()]},
+        )
+
+
 def _checkpoint(row: dict) -> Checkpoint:
     last = row["last_processed_id"]
     return Checkpoint(

@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import errors as pgerrors
 from tenacity import (
@@ -95,13 +96,42 @@ class PartitionPlan:
     run_id: str
     entries: pd.DataFrame  # validated entries (validation.POSTABLE_COLUMNS)
     rejected: int = 0
+    known_digest: str | None = None  # `digest`, when computed with other plans' (plan_digests)
 
     @property
     def digest(self) -> str:
         """Identifies the work: which source rows, with which content, make up this partition."""
-        ids = self.entries["source_row_id"].astype("int64").to_numpy()
-        content = pd.util.hash_pandas_object(self.entries, index=False).to_numpy()
-        return hashlib.sha256(ids.tobytes() + content.tobytes()).hexdigest()[:32]
+        if self.known_digest is None:
+            self.known_digest = plan_digests([self.entries])[0]
+        return self.known_digest
+
+
+def plan_digests(frames: list[pd.DataFrame]) -> list[str]:
+    """Each frame's plan digest: a hash of its source row ids and of each row's content.
+
+    A row's content hash depends on that row alone, so frames of the same dtypes are hashed in
+    one pass and the result cut per frame: the same digests, without paying pandas' per-column
+    cost once per partition (a long daily history has thousands of small ones)."""
+    if len(frames) > 1 and all(f.dtypes.equals(frames[0].dtypes) for f in frames[1:]):
+        whole = pd.concat(frames, ignore_index=True)
+    elif len(frames) > 1:
+        return [digest for f in frames for digest in plan_digests([f])]
+    elif frames:
+        whole = frames[0]
+    else:
+        return []
+    ids = whole["source_row_id"].astype("int64").to_numpy()
+    content = pd.util.hash_pandas_object(whole, index=False).to_numpy()
+    digests, start = [], 0
+    for frame in frames:
+        stop = start + len(frame)
+        digests.append(
+            hashlib.sha256(ids[start:stop].tobytes() + content[start:stop].tobytes()).hexdigest()[
+                :32
+            ]
+        )
+        start = stop
+    return digests
 
 
 @dataclass
@@ -133,6 +163,7 @@ class PostingOutcome:
     seconds: float = 0.0
     retries: int = 0
     touched_accounts: set[str] = field(default_factory=set)
+    group_size: int = 1  # partitions whose entries were posted in the same batch (group_posting)
 
     @property
     def entries_per_second(self) -> float:
@@ -198,12 +229,21 @@ class PostingSessions:
 @dataclass
 class _Batch:
     frame: pd.DataFrame  # the entries, for their ids, accounts and timestamps
-    table: pa.Table  # the same rows' POSTABLE_COLUMNS, a zero-copy slice, for COPY
+    table: pa.Table  # the same rows' STAGE_COLUMNS, a zero-copy slice, for COPY
 
 
-# The one statement built in code: its column list is the entry contract's (POSTABLE_COLUMNS), in
-# the order the batch's CSV carries them.
-_COPY_STAGE = "COPY post_stage (" + ", ".join(POSTABLE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
+# The one statement built in code: its column list is the entry contract's (POSTABLE_COLUMNS) after
+# the partition's key, in the order the batch's CSV carries them.
+STAGE_COLUMNS = ("partition_key", *POSTABLE_COLUMNS)
+_COPY_STAGE = "COPY post_stage (" + ", ".join(STAGE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
+
+
+def stage_table(entries: pd.DataFrame, partition_key: str) -> pa.Table:
+    """A partition's entries as the batch's CSV carries them (STAGE_COLUMNS)."""
+    table = pa.Table.from_pandas(entries[POSTABLE_COLUMNS], preserve_index=False)
+    keys = pc.fill_null(pa.nulls(len(table), pa.string()), partition_key)
+    return table.add_column(0, "partition_key", keys)
+
 
 # The outcomes posting/classify_unposted.sql names.
 DUPLICATE, CONFLICT, ALREADY_POSTED = "DUPLICATE", "CONFLICT", "ALREADY_POSTED"
@@ -480,7 +520,7 @@ class PartitionPoster:
             entries = entries.loc[entries["source_row_id"] > last]
         # Converted to Arrow once and sliced per batch: slices copy nothing, and building a
         # pandas copy per batch left cyclic garbage that held memory until a full collection.
-        table = pa.Table.from_pandas(entries[POSTABLE_COLUMNS], preserve_index=False)
+        table = stage_table(entries, self.plan.partition_key)
         size = self.options.batch_size
         return [
             _Batch(entries.iloc[i : i + size], table.slice(i, size))

@@ -16,13 +16,13 @@ from ledger_backfill_dagster.defs.backfill.validate import validated_entries
 from ledger_backfill_dagster.defs.partitions import daily_partitions
 from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
 from ledger_backfill_dagster.ledger.errors import PausedError, PostingError
+from ledger_backfill_dagster.ledger.group_posting import GROUP_MAX_PARTITIONS, post_partitions
 from ledger_backfill_dagster.ledger.posting import (
     BatchStats,
     PartitionPlan,
     PostingOutcome,
     PostingSessions,
     pause_requested,
-    post_partition,
 )
 from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.lib.sql_files import query
@@ -108,9 +108,8 @@ def posted_batches(
         )
 
     options = posting.options()
-    progress = _Progress(
-        context, sum(s.store.row_count(s.source.source_key, "validated", k) for k in s.keys)
-    )
+    rows = {k: s.store.row_count(s.source.source_key, "validated", k) for k in s.keys}
+    progress = _Progress(context, sum(rows.values()))
     probe = pause_requested(run_started, s.source.source_id)
     stop = threading.Event()  # set on Terminate: every partition stops after its current batch
 
@@ -120,17 +119,26 @@ def posted_batches(
     sessions = PostingSessions(ledger_db.connect)
     collector = _Collector()
 
-    def post(key: str) -> PostingOutcome:
-        outcome = post_partition(
-            ledger_db.connect, plan_for(key), options, probe, progress, stop, sessions, verifier
+    def post(unit: list[str]) -> list[PostingOutcome]:
+        outcomes = post_partitions(
+            ledger_db.connect,
+            [plan_for(key) for key in unit],
+            options,
+            probe,
+            progress,
+            stop,
+            sessions,
+            verifier,
         )
-        if outcome.skipped:
-            progress.skip(outcome.to_process)
-        collector.after(outcome.to_process)
-        return outcome
+        for outcome in outcomes:
+            if outcome.skipped:
+                progress.skip(outcome.to_process)
+        collector.after(sum(o.to_process for o in outcomes))
+        return outcomes
 
     with sessions:
-        outcomes = _post_all(s.keys, post, posting.parallel_workers, stop)
+        units = posting_units(s.keys, rows, options.batch_size)
+        outcomes = _post_all(units, post, posting.parallel_workers, stop)
     context.log.info(
         f"balance checks: {verifier.full_checks} account(s) summed in full, "
         f"{verifier.incremental_checks} checked incrementally"
@@ -205,24 +213,44 @@ def partition_metadata(o: PostingOutcome) -> dict[str, dg.MetadataValue]:
             else 0.0
         ),
         "transient_retries": dg.MetadataValue.int(o.retries),
+        "posted_in_group_of": dg.MetadataValue.int(o.group_size),
     }
 
 
+def posting_units(keys: list[str], rows: dict[str, int], batch_size: int) -> list[list[str]]:
+    """Consecutive partitions whose entries fit in one batch, together (at most
+    GROUP_MAX_PARTITIONS of them): each unit is posted in order, small partitions in one group
+    (ledger/group_posting.py), so a long daily history does not pay a partition's fixed cost per
+    day. A partition bigger than a batch is a unit of its own."""
+    units: list[list[str]] = []
+    unit: list[str] = []
+    total = 0
+    for key in keys:
+        if unit and (total + rows[key] > batch_size or len(unit) >= GROUP_MAX_PARTITIONS):
+            units.append(unit)
+            unit, total = [], 0
+        unit.append(key)
+        total += rows[key]
+    if unit:
+        units.append(unit)
+    return units
+
+
 def _post_all(
-    keys: list[str],
-    post: Callable[[str], PostingOutcome],
+    units: list[list[str]],
+    post: Callable[[list[str]], list[PostingOutcome]],
     workers: int,
     stop: threading.Event | None = None,
 ) -> list[PostingOutcome]:
     try:
         if workers <= 1:
             try:
-                return [post(key) for key in keys]
+                return [outcome for unit in units for outcome in post(unit)]
             except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError) as exc:
                 # Between partitions; inside one, the poster turns it into PausedError itself.
                 raise PausedError("interrupted (run terminated); re-run to resume") from exc
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="post") as pool:
-            futures = [pool.submit(post, key) for key in keys]
+            futures = [pool.submit(post, unit) for unit in units]
             try:
                 done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             except BaseException as exc:  # Terminate / Ctrl-C land in this thread, not a worker's
@@ -237,7 +265,7 @@ def _post_all(
                 ) from exc
             for future in pending:
                 future.cancel()
-            return [f.result() for f in futures if not f.cancelled()]
+            return [o for f in futures if not f.cancelled() for o in f.result()]
     except PausedError as exc:
         raise dg.Failure(description=f"PAUSED: {exc}", allow_retries=False) from exc
     except PostingError as exc:

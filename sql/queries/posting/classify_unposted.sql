@@ -26,7 +26,8 @@ WITH unposted AS (
       FROM post_stage s
      WHERE s.entry_id IS NULL
 )
-SELECT s.source_row_id,
+SELECT s.partition_key,
+       s.source_row_id,
        s.line_number,
        s.ledger_id,
        s.reference_id,

@@ -1,8 +1,9 @@
 -- posting/create_post_stage.sql
--- Per-connection staging table for one batch. Rows are COPYed in, posted set-based, and vanish at
+-- Per-connection staging table for one batch (of one partition, or of a group of small ones). Rows are COPYed in, posted set-based, and vanish at
 -- commit (or with the rollback of a failed batch). The last two columns are filled by
 -- mark_known_rows.sql and hold_new_rows.sql before anything is inserted.
 CREATE TEMP TABLE IF NOT EXISTS post_stage (
+    partition_key         TEXT NOT NULL,   -- a group of small partitions shares one batch
     source_row_id         BIGINT NOT NULL,
     line_number           BIGINT,
     ledger_id             TEXT NOT NULL,

@@ -1,6 +1,6 @@
 -- posting/post_batch.sql
 -- Post the staged batch set-based, in one statement: insert the first occurrence of each
--- (ledger_id, reference_id) unless the ledger already holds it or its source row
+-- (ledger_id, reference_id) (the earliest partition's, then the earliest source row's) unless the ledger already holds it or its source row
 -- (mark_known_rows.sql), or it is held (hold_new_rows.sql), write one outbox row per entry,
 -- and mark which staged rows were posted (post_stage.entry_id). The balances move afterwards in
 -- the same transaction (lock_batch_accounts.sql, then apply_batch_balances.sql): the accounts are
@@ -10,7 +10,7 @@
 WITH staged AS (
     SELECT s.*,
            row_number() OVER (PARTITION BY s.ledger_id, s.reference_id
-                              ORDER BY s.source_row_id) AS occurrence
+                              ORDER BY s.partition_key, s.source_row_id) AS occurrence
       FROM post_stage s
      WHERE s.known_entry_id IS NULL AND s.held_against IS NULL
 ),
@@ -23,13 +23,13 @@ inserted AS (
     SELECT ledger_id, debit_account_id, credit_account_id, amount, currency_code,
            credit_amount, credit_currency_code, asset_type, transaction_type, reference_id,
            timestamp_utc, fx_rate, metadata, %(source_id)s, %(source_type)s,
-           %(partition_key)s, %(run_id)s, source_row_id, source_row_key,
+           partition_key, %(run_id)s, source_row_id, source_row_key,
            ledger_entry_fingerprint(ledger_id, debit_account_id, credit_account_id, amount,
                currency_code, credit_amount, credit_currency_code, asset_type,
                transaction_type, reference_id, timestamp_utc, fx_rate, metadata)
       FROM staged
      WHERE occurrence = 1
-     ORDER BY source_row_id
+     ORDER BY partition_key, source_row_id
     -- Either unique key: (ledger_id, reference_id), or (source, source_row_key) should a
     -- concurrent run have posted the same source row since mark_known_rows.sql looked.
         ON CONFLICT DO NOTHING

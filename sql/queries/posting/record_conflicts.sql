@@ -8,7 +8,8 @@ WITH chosen AS (
         AS c (source_row_id, existing_entry_id, same_source_row)
 ),
 pairs AS (
-    SELECT s.source_row_id, s.line_number, s.ledger_id, s.reference_id, e.id AS existing_entry_id,
+    SELECT s.partition_key, s.source_row_id, s.line_number, s.ledger_id, s.reference_id,
+           e.id AS existing_entry_id,
            c.same_source_row,
            jsonb_build_object(
                'ledger_id', e.ledger_id, 'debit_account_id', e.debit_account_id,
@@ -35,7 +36,7 @@ pairs AS (
 INSERT INTO ledger_backfill_conflicts (
     source_id, partition_key, source_row_id, line_number, ledger_id, reference_id,
     existing_entry_id, existing_entry, incoming_entry, differing_fields, same_source_row, run_id)
-SELECT %(source_id)s, %(partition_key)s, source_row_id, line_number, ledger_id, reference_id,
+SELECT %(source_id)s, partition_key, source_row_id, line_number, ledger_id, reference_id,
        existing_entry_id, existing_entry, incoming_entry,
        ARRAY(SELECT i.key FROM jsonb_each(incoming_entry) i
               WHERE i.value IS DISTINCT FROM existing_entry -> i.key

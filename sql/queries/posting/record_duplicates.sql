@@ -9,7 +9,7 @@ WITH chosen AS (
 INSERT INTO ledger_backfill_duplicates (
     source_id, partition_key, source_row_id, line_number, ledger_id, reference_id,
     existing_entry_id, run_id)
-SELECT %(source_id)s, %(partition_key)s, s.source_row_id, s.line_number, s.ledger_id,
+SELECT %(source_id)s, s.partition_key, s.source_row_id, s.line_number, s.ledger_id,
        s.reference_id, c.existing_entry_id, %(run_id)s
   FROM chosen c
   JOIN post_stage s USING (source_row_id)
