@@ -118,6 +118,7 @@ class GroupPoster:
         self.stop = stop
         self.members = [_Member(plan) for plan in plans]
         self.conn: psycopg.Connection | None = None
+        self.completed = False  # every checkpoint of the group is COMPLETED
         first = plans[0]
         self.source_id, self.source_type, self.run_id = (
             first.source_id,
@@ -143,6 +144,8 @@ class GroupPoster:
         posting = [m for m in self.members if m.checkpoint is not None]
         with_rows = [m for m in posting if len(m.plan.entries)]
         stats = self._post_batch(conn, with_rows) if with_rows else {}
+        if with_rows:
+            self._after_batch(conn)
         touched = set().union(*(m.outcome.touched_accounts for m in with_rows))
         if self.options.validate_balances and touched:
             drift = self.verifier.check(conn, touched)
@@ -155,6 +158,7 @@ class GroupPoster:
         checkpoints.complete_group(
             conn, {m.checkpoint.id: _summary(m.outcome) for m in posting if m.checkpoint}
         )
+        self.completed = True
         self._release(conn)
         seconds = time.perf_counter() - started
         for member in self.members:
@@ -164,7 +168,6 @@ class GroupPoster:
             batch = stats.get(member.plan.partition_key)
             if batch is not None and self.on_batch:
                 self.on_batch(member.outcome, batch)
-        self._after_group()
         return [m.outcome for m in self.members]
 
     def _connect_and_lock(self) -> psycopg.Connection:
@@ -299,23 +302,22 @@ class GroupPoster:
         self.conn = None
         self.sessions.release(conn)
 
-    def _after_group(self) -> None:
+    def _after_batch(self, conn: psycopg.Connection) -> None:
+        """What `PartitionPoster._after_batch` does after each batch: stop on Terminate, pause
+        on request. The group's checkpoints then stay where the batch left them."""
         last = self.plans[-1].partition_key
         if self.stop is not None and self.stop.is_set():
             raise PausedError(
-                f"partition {last}: stopped after its group because the run was terminated; "
-                "re-run to resume"
+                f"partitions {self.plans[0].partition_key}..{last}: stopped after their batch "
+                "because the run was terminated; re-run to resume"
             )
         if self.pause_probe is not None:
-            conn, _ = self.sessions.acquire()
-            try:
-                paused = self.pause_probe(conn)
-                conn.commit()
-            finally:
-                self.sessions.release(conn)
+            paused = self.pause_probe(conn)
+            conn.commit()
             if paused:
                 raise PausedError(
-                    f"partition {last}: paused on request after its group; re-run to resume"
+                    f"partitions {self.plans[0].partition_key}..{last}: paused on request after "
+                    "their batch; re-run to resume"
                 )
 
     def close(self) -> None:
@@ -328,7 +330,7 @@ class GroupPoster:
         """Mark the checkpoints this group opened PAUSED, as a single partition's would be."""
         self.close()
         opened = [m.checkpoint for m in self.members if m.checkpoint is not None]
-        if not opened:
+        if not opened or self.completed:
             return
         try:
             with self.sessions.connect() as conn:
@@ -429,7 +431,8 @@ def _post_group(
     poster = GroupPoster(plans, options, sessions, verifier, pause_probe, on_batch, stop)
     try:
         return poster.run()
-    except PausedError:
+    except PausedError as exc:
+        poster.interrupted(str(exc))
         raise
     except (KeyboardInterrupt, SystemExit) as exc:
         message = "interrupted (run terminated); re-run the partition to resume"
