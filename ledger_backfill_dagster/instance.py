@@ -121,30 +121,42 @@ def instance_postgres_url() -> str:
     return with_async_commit(with_psycopg2_dialect(embedded_server_uri(DAGSTER_DATABASE)))
 
 
+_PLANNED = DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+_BATCHED = {DagsterEventType.ASSET_MATERIALIZATION, _PLANNED}
+
+
 class LedgerEventLogStorage(PostgresEventLogStorage):
     """dagster-postgres's event log, storing a run's planned events in batches (module docstring)."""
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        # Runs of one event type, in order: planned materializations in one go, the rest as
-        # dagster-postgres stores them.
+        # Runs of one event type, in order: planned and done materializations in one go, the
+        # rest as dagster-postgres stores them.
         for event_type, run in itertools.groupby(events, key=lambda e: e.dagster_event_type):
             same_type = list(run)
-            if event_type == DagsterEventType.ASSET_MATERIALIZATION_PLANNED and len(same_type) > 1:
-                self._store_planned_batch(same_type)
+            if len(same_type) > 1 and event_type in _BATCHED:
+                self._store_asset_batch(same_type, every_asset=event_type == _PLANNED)
             else:
                 super().store_event_batch(same_type)
 
-    def _store_planned_batch(self, events: list[EventLogEntry]) -> None:
-        """What `store_event` does for each planned event, as one INSERT and one transaction. The
-        asset table keeps each asset's last event only, so only that one is written to it."""
+    def _store_asset_batch(self, events: list[EventLogEntry], every_asset: bool) -> None:
+        """What dagster-postgres does for a batch of materializations (one INSERT, then the tags
+        and the asset table in one transaction), for planned ones too. The rows go as one
+        executemany, which SQLAlchemy sends as multi-row INSERTs without compiling a statement
+        of a thousand VALUES each time. The asset table keeps each asset's last event: for a
+        batch of materializations dagster-postgres writes only the batch's last event to it (all
+        of one asset); for planned events, each asset's last one."""
+        rows = [self._event_to_row(event) for event in events]
+        statement = SqlEventLogStorageTable.insert().returning(
+            SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+        )
         with self._connect() as conn:
-            inserted = conn.execute(
-                self.prepare_insert_event_batch(events).returning(SqlEventLogStorageTable.c.id)
-            )
-            event_ids = [int(row[0]) for row in inserted.fetchall()]
+            event_ids = [int(row[0]) for row in conn.execute(statement, rows).fetchall()]
         last_of_asset: dict[Any, tuple[EventLogEntry, int]] = {}
         for event, event_id in zip(events, event_ids, strict=True):
-            last_of_asset[event.get_dagster_event().asset_key] = (event, event_id)
+            last_of_asset[event.get_dagster_event().asset_key if every_asset else None] = (
+                event,
+                event_id,
+            )
         with self.index_transaction() as conn:
             self._store_asset_event_tags(conn, events, event_ids)
             for event, event_id in last_of_asset.values():
@@ -161,21 +173,20 @@ class LedgerEventLogStorage(PostgresEventLogStorage):
         timestamp = self._event_insert_timestamp(event)
         with self.index_connection() as conn:
             conn.execute(
-                AssetCheckExecutionsTable.insert().values(
-                    [
-                        dict(
-                            asset_key=planned.asset_key.to_string(),
-                            check_name=planned.check_name,
-                            partition=partition_key,
-                            run_id=event.run_id,
-                            execution_status=AssetCheckExecutionRecordStatus.PLANNED.value,
-                            evaluation_event=serialized,
-                            evaluation_event_timestamp=timestamp,
-                            evaluation_event_storage_id=event_id,
-                        )
-                        for partition_key in partition_keys
-                    ]
-                )
+                AssetCheckExecutionsTable.insert(),
+                [
+                    dict(
+                        asset_key=planned.asset_key.to_string(),
+                        check_name=planned.check_name,
+                        partition=partition_key,
+                        run_id=event.run_id,
+                        execution_status=AssetCheckExecutionRecordStatus.PLANNED.value,
+                        evaluation_event=serialized,
+                        evaluation_event_timestamp=timestamp,
+                        evaluation_event_storage_id=event_id,
+                    )
+                    for partition_key in partition_keys
+                ],
             )
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
@@ -223,9 +224,11 @@ class GroupPoster:
         t0 = time.perf_counter()
         frames = [m.plan.entries for m in members]
         frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        table = pa.concat_tables(
-            [stage_table(m.plan.entries, m.plan.partition_key) for m in members]
+        keys = pa.array(
+            np.repeat([m.plan.partition_key for m in members], [len(f) for f in frames]),
+            pa.string(),
         )
+        table = stage_table(frame, keys)
         params = {
             "source_id": self.source_id,
             "source_type": self.source_type,

@@ -238,11 +238,13 @@ STAGE_COLUMNS = ("partition_key", *POSTABLE_COLUMNS)
 _COPY_STAGE = "COPY post_stage (" + ", ".join(STAGE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
 
 
-def stage_table(entries: pd.DataFrame, partition_key: str) -> pa.Table:
-    """A partition's entries as the batch's CSV carries them (STAGE_COLUMNS)."""
+def stage_table(entries: pd.DataFrame, partition_keys: str | pa.Array) -> pa.Table:
+    """Entries as the batch's CSV carries them (STAGE_COLUMNS): a partition's, with its key, or
+    a group's, with each row's partition key."""
     table = pa.Table.from_pandas(entries[POSTABLE_COLUMNS], preserve_index=False)
-    keys = pc.fill_null(pa.nulls(len(table), pa.string()), partition_key)
-    return table.add_column(0, "partition_key", keys)
+    if isinstance(partition_keys, str):
+        partition_keys = pc.fill_null(pa.nulls(len(table), pa.string()), partition_keys)
+    return table.add_column(0, "partition_key", partition_keys)
 
 
 # The outcomes posting/classify_unposted.sql names.

@@ -33,7 +33,6 @@ from ledger_backfill_dagster_tests.support.fault_harness import (
     Backfill,
     Locker,
     PosterStepper,
-    checkpoints,
     poster_waiting_on_lock,
     wait_for_posters_gone,
     wait_until,

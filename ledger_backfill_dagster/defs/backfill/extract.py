@@ -4,6 +4,7 @@ import dagster as dg
 
 from ledger_backfill_dagster.defs.backfill.common import (
     GROUP,
+    add_partition_metadata,
     partition_table,
     source_failure,
     stage,
@@ -39,11 +40,14 @@ def extracted_source(
         s.store.write_pointer(
             s.source.source_key, key, result.staged.get(key), result.rows_by_partition[key]
         )
-    for key in s.keys:  # each partition's event its own count (the step's total otherwise)
-        context.add_asset_metadata(
-            {"dagster/row_count": dg.MetadataValue.int(result.rows_by_partition[key])},
-            partition_key=key,
-        )
+    # Each partition's event its own count (the step's total otherwise).
+    add_partition_metadata(
+        context,
+        {
+            key: {"dagster/row_count": dg.MetadataValue.int(result.rows_by_partition[key])}
+            for key in s.keys
+        },
+    )
     rejects = result.unpartitioned_rejects
     with ledger_db.connection() as conn:
         replace_rejects(

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from ledger_backfill_dagster.defs.backfill.common import (
     GROUP,
     Stage,
+    add_partition_metadata,
     partition_table,
     rows_table,
     stage,
@@ -101,15 +102,17 @@ def validated_entries(
             f" {len(unpartitioned)} belonging to no partition; see ledger_backfill_rejects and"
             " the error reports"
         )
-    for row in totals.by_partition:  # each partition's event its own counts
-        context.add_asset_metadata(
-            {
+    add_partition_metadata(  # each partition's event its own counts
+        context,
+        {
+            row["partition"]: {
                 "dagster/row_count": dg.MetadataValue.int(row["valid"]),
                 "valid": dg.MetadataValue.int(row["valid"]),
                 "rejected": dg.MetadataValue.int(row["rejected"]),
-            },
-            partition_key=row["partition"],
-        )
+            }
+            for row in totals.by_partition
+        },
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": dg.MetadataValue.int(totals.valid),
