@@ -29,7 +29,7 @@ DESCRIPTION = (
     "The backfill benchmark: the seed's row-by-row path, the COPY floor, our posting stage and "
     "our end-to-end backfill, measured in one run on one PostgreSQL server (benchmarks/README.md)."
 )
-SECTIONS = ["rowbyrow", "copy", "e2e", "posting", "resume", "rss"]
+SECTIONS = ["rowbyrow", "copy", "e2e", "history", "posting", "resume", "rss"]
 
 
 def int_list(text: str) -> list[int]:
@@ -45,7 +45,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="comma list: daily partitions of each end-to-end run (the first also feeds the "
         "posting stage and the memory runs); default 30,1096",
     )
-    p.add_argument("--accounts", type=int, default=50, help="accounts in the generated chart")
+    p.add_argument(
+        "--accounts",
+        type=int,
+        default=2000,
+        help="accounts in the generated chart (2,000: a bank's chart, issue 15)",
+    )
+    p.add_argument(
+        "--history-days",
+        type=int,
+        default=9132,
+        help="daily partitions of the long-history run (9,132: 25 years; 0: none)",
+    )
+    p.add_argument(
+        "--history-entries", type=int, default=7000, help="entries of the long-history run"
+    )
+    p.add_argument(
+        "--history-start", default="2001-01-01", help="first day of the long-history run"
+    )
     p.add_argument("--start", default="2022-01-01", help="first day of the generated data")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
@@ -225,6 +242,25 @@ def main(argv: list[str]) -> int:
                     e2e_runs.append(run)
                     if d == first_days and run.run.ok:
                         prep_home = run.home
+        if "history" in wanted and args.history_days:
+            history = dataset(
+                work,
+                args.history_entries,
+                args.history_days,
+                date.fromisoformat(args.history_start),
+                args.accounts,
+                args.seed,
+            )
+            heading(
+                f"4b. a long history: {history.entries:,} entries over {history.days:,} daily "
+                "partitions, from an empty instance"
+            )
+            run = section(
+                "history",
+                lambda: bench_e2e(server, history, "history", work, args.e2e_batch_size, cap),
+            )
+            if run is not None:
+                results["history"] = run.summary()
         if prep_home is None and {"posting", "resume"} & wanted:
             heading("3. (preparing validated entries: extract → transform → validate)")
             prep = section("prepare", lambda: prepare_validated(server, base, work, cap))

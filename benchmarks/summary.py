@@ -73,6 +73,15 @@ def targets(results: dict[str, Any], rss_points: list[RssPoint], row: float | No
                 f"    {value['entries']:,} over {value['days']} days ≤ {limit:.0f} s: "
                 f"{value['wall_seconds']:.1f} s" + verdict(ok)
             )
+    history = results.get("history")
+    if isinstance(history, dict):
+        ok = history["ok"] and history["wall_seconds"] <= 60.0
+        per = 1000 * history["wall_seconds"] / history["days"]
+        say(
+            f"    {history['entries']:,} entries over {history['days']:,} daily partitions ≤ 60 s "
+            f"(issue 15, target 4): {history['wall_seconds']:.1f} s, {per:.1f} ms per partition"
+            + verdict(ok)
+        )
     for n, run in rss_points:
         if n >= 10_000_000:
             say(

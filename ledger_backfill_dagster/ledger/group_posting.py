@@ -109,8 +109,10 @@ class GroupPoster:
         pause_probe: PauseProbe | None = None,
         on_batch: ProgressHook | None = None,
         stop: threading.Event | None = None,
+        rows: pd.DataFrame | None = None,
     ) -> None:
         self.plans = plans
+        self.rows = rows  # the plans' entries in one frame, if they were read as one
         self.options = options
         self.sessions = sessions
         self.verifier = verifier
@@ -192,7 +194,7 @@ class GroupPoster:
         return conn
 
     def _open(self, conn: psycopg.Connection) -> None:
-        digests = plan_digests([m.plan.entries for m in self.members])
+        digests = plan_digests([m.plan.entries for m in self.members], self.rows)
         for member, digest in zip(self.members, digests, strict=True):
             member.plan.known_digest = digest
         try:
@@ -223,7 +225,11 @@ class GroupPoster:
         rows at once, and every member's checkpoint advanced in the same transaction."""
         t0 = time.perf_counter()
         frames = [m.plan.entries for m in members]
-        frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if self.rows is not None and len(self.rows) == sum(len(f) for f in frames):
+            # The same rows (days skipped as COMPLETED had none, nor did the others left out).
+            frame = self.rows.reset_index(drop=True)
+        else:
+            frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         keys = pa.array(
             np.repeat([m.plan.partition_key for m in members], [len(f) for f in frames]),
             pa.string(),
@@ -382,9 +388,12 @@ def post_partitions(
     stop: threading.Event | None,
     sessions: PostingSessions,
     verifier: BalanceVerifier,
+    whole: pd.DataFrame | None = None,
 ) -> list[PostingOutcome]:
-    """Post consecutive partitions in order: runs of small ones in groups, the rest alone."""
+    """Post consecutive partitions in order: runs of small ones in groups, the rest alone.
+    `whole`, if given, is the plans' entries in one frame (each plan's a consecutive slice)."""
     outcomes: list[PostingOutcome] = []
+    offsets = np.cumsum([0, *(len(plan.entries) for plan in plans)])
 
     def alone(plan: PartitionPlan) -> None:
         outcomes.append(
@@ -393,20 +402,32 @@ def post_partitions(
 
     group: list[PartitionPlan] = []
     rows = 0
+    first = 0  # index of the group's first plan
 
     def flush() -> None:
         nonlocal group, rows
         if len(group) == 1:
             alone(group[0])
         elif group:
+            rows_of = None
+            if whole is not None:
+                rows_of = whole.iloc[offsets[first] : offsets[first + len(group)]]
             outcomes.extend(
                 _post_group(
-                    connect, group, options, pause_probe, on_batch, stop, sessions, verifier
+                    connect,
+                    group,
+                    options,
+                    pause_probe,
+                    on_batch,
+                    stop,
+                    sessions,
+                    verifier,
+                    rows_of,
                 )
             )
         group, rows = [], 0
 
-    for plan in plans:
+    for index, plan in enumerate(plans):
         if not groupable(plan, options):
             flush()
             alone(plan)
@@ -415,6 +436,8 @@ def post_partitions(
             rows + len(plan.entries) > options.batch_size or len(group) >= GROUP_MAX_PARTITIONS
         ):
             flush()
+        if not group:
+            first = index
         group.append(plan)
         rows += len(plan.entries)
     flush()
@@ -430,8 +453,9 @@ def _post_group(
     stop: threading.Event | None,
     sessions: PostingSessions,
     verifier: BalanceVerifier,
+    rows: pd.DataFrame | None,
 ) -> list[PostingOutcome]:
-    poster = GroupPoster(plans, options, sessions, verifier, pause_probe, on_batch, stop)
+    poster = GroupPoster(plans, options, sessions, verifier, pause_probe, on_batch, stop, rows)
     try:
         return poster.run()
     except PausedError as exc:

@@ -106,13 +106,16 @@ class PartitionPlan:
         return self.known_digest
 
 
-def plan_digests(frames: list[pd.DataFrame]) -> list[str]:
+def plan_digests(frames: list[pd.DataFrame], whole: pd.DataFrame | None = None) -> list[str]:
     """Each frame's plan digest: a hash of its source row ids and of each row's content.
 
     A row's content hash depends on that row alone, so frames of the same dtypes are hashed in
     one pass and the result cut per frame: the same digests, without paying pandas' per-column
-    cost once per partition (a long daily history has thousands of small ones)."""
-    if len(frames) > 1 and all(f.dtypes.equals(frames[0].dtypes) for f in frames[1:]):
+    cost once per partition (a long daily history has thousands of small ones). `whole`, if
+    given, is the frames already in one (each a consecutive slice of it)."""
+    if whole is not None:
+        pass
+    elif len(frames) > 1 and all(f.dtypes.equals(frames[0].dtypes) for f in frames[1:]):
         whole = pd.concat(frames, ignore_index=True)
     elif len(frames) > 1:
         return [digest for f in frames for digest in plan_digests([f])]
@@ -867,6 +870,9 @@ def _csv_bytes(table: pa.Table) -> bytes:
     """The batch as CSV for COPY: strings always quoted, so "" stays an empty string and an
     unquoted empty field is NULL."""
     buffer = io.BytesIO()
+    # In one chunk per column: pyarrow's CSV writer (23.0) repeats rows when a column holds an
+    # empty chunk beside differently chunked ones, as a group read from many days' files can.
+    table = table.combine_chunks()
     pacsv.write_csv(table, buffer, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     return buffer.getvalue()
 

@@ -104,9 +104,9 @@ def posted_batches(
 
     # Plans load their entries only when their partition is posted: a run's memory follows one
     # partition (times PARALLEL_WORKERS), not the whole range.
-    def plans_for(unit: list[str]) -> list[PartitionPlan]:
-        frames = _validated_entries(s.store, s.source.source_key, unit)
-        return [
+    def plans_for(unit: list[str]) -> tuple[list[PartitionPlan], pd.DataFrame | None]:
+        frames, whole = _validated_entries(s.store, s.source.source_key, unit)
+        plans = [
             PartitionPlan(
                 source_id=s.source.source_id,
                 source_type=s.source.source_type,
@@ -117,6 +117,7 @@ def posted_batches(
             )
             for key, frame in zip(unit, frames, strict=True)
         ]
+        return plans, whole
 
     options = posting.options()
     rows = {k: s.store.row_count(s.source.source_key, "validated", k) for k in s.keys}
@@ -131,15 +132,9 @@ def posted_batches(
     collector = _Collector()
 
     def post(unit: list[str]) -> list[PostingOutcome]:
+        plans, whole = plans_for(unit)
         outcomes = post_partitions(
-            ledger_db.connect,
-            plans_for(unit),
-            options,
-            probe,
-            progress,
-            stop,
-            sessions,
-            verifier,
+            ledger_db.connect, plans, options, probe, progress, stop, sessions, verifier, whole
         )
         for outcome in outcomes:
             if outcome.skipped:
@@ -160,12 +155,16 @@ def posted_batches(
     return dg.MaterializeResult(metadata=_metadata(outcomes))
 
 
-def _validated_entries(store: StageStore, source_key: str, keys: list[str]) -> list[pd.DataFrame]:
+def _validated_entries(
+    store: StageStore, source_key: str, keys: list[str]
+) -> tuple[list[pd.DataFrame], pd.DataFrame | None]:
     """Partitions' validated entries with Arrow-backed text: read faster and held in a fraction
     of the memory of Python strings, which is what the largest day of a big source needs
     (docs/performance.md, 'Why the code is shaped this way'). Several small partitions of one
     schema are converted to pandas in one call and cut per partition (a conversion costs about a
-    millisecond whatever its size). The plan digest hashes the same values either way."""
+    millisecond whatever its size): returns the partitions' frames and, when they were cut from
+    one, that frame (posting then hashes and stages groups of them without concatenating). The
+    plan digest hashes the same values either way."""
     tables = [store.read_table(source_key, "validated", key) for key in keys]
     if len(tables) > 1:
         try:
@@ -177,8 +176,8 @@ def _validated_entries(store: StageStore, source_key: str, keys: list[str]) -> l
             for table in tables:
                 frames.append(whole.iloc[start : start + table.num_rows].reset_index(drop=True))
                 start += table.num_rows
-            return frames
-    return [table.to_pandas(types_mapper=arrow_text) for table in tables]
+            return frames, whole
+    return [table.to_pandas(types_mapper=arrow_text) for table in tables], None
 
 
 class _Collector:
