@@ -53,7 +53,7 @@ def summary(results: dict[str, Any], rss_points: list[RssPoint]) -> None:
 
 
 def targets(results: dict[str, Any], rss_points: list[RssPoint], row: float | None) -> None:
-    say("  targets (issue 7):")
+    say("  targets (issues 7 and 15):")
     posting = [p for p in results.get("posting") or [] if p["validate_balances"]]
     best = max(posting, key=lambda p: p["rate"], default=None)
     default = next((p for p in posting if p["batch_size"] == 1000), posting[0] if posting else None)
