@@ -35,7 +35,11 @@ from psycopg import errors as pgerrors
 
 from ledger_backfill_dagster.ledger import checkpoints
 from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
-from ledger_backfill_dagster.ledger.errors import BalanceDriftError, PausedError
+from ledger_backfill_dagster.ledger.errors import (
+    BalanceDriftError,
+    PartitionBusyError,
+    PausedError,
+)
 from ledger_backfill_dagster.ledger.posting import (
     BatchStats,
     PartitionPlan,
@@ -51,6 +55,7 @@ from ledger_backfill_dagster.ledger.posting import (
     post_partition,
     stage_table,
 )
+from ledger_backfill_dagster.lib.errors import is_transient
 from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.lib.rows import named_row, one_row
 from ledger_backfill_dagster.lib.sql_files import query
@@ -61,10 +66,11 @@ log = logging.getLogger(__name__)
 # (PostgreSQL's shared lock table holds max_locks_per_transaction × max_connections of them).
 GROUP_MAX_PARTITIONS = 100
 
+# The group's days locked in key order, the order every group takes them in (a single
+# partition's poster holds one only), so groups never deadlock each other.
 _LOCK_ALL = """
-SELECT set_config('lock_timeout', %(wait)s, true),
-       (SELECT count(pg_advisory_lock(hashtextextended(k, 0)))
-          FROM (SELECT k FROM unnest(%(keys)s::TEXT[]) AS k ORDER BY k) AS ordered)
+SELECT count(pg_advisory_lock(hashtextextended(k, 0)))
+  FROM (SELECT k FROM unnest(%(keys)s::TEXT[]) AS k ORDER BY k) AS ordered
 """
 _UNLOCK_ALL = (
     "SELECT count(pg_advisory_unlock(hashtextextended(k, 0))) FROM unnest(%(keys)s::TEXT[]) AS k"
@@ -122,6 +128,7 @@ class GroupPoster:
         self.members = [_Member(plan) for plan in plans]
         self.conn: psycopg.Connection | None = None
         self.completed = False  # every checkpoint of the group is COMPLETED
+        self.committed = False  # the group's batch is in the ledger
         first = plans[0]
         self.source_id, self.source_type, self.run_id = (
             first.source_id,
@@ -147,6 +154,38 @@ class GroupPoster:
         posting = [m for m in self.members if m.checkpoint is not None]
         with_rows = [m for m in posting if len(m.plan.entries)]
         stats = self._post_batch(conn, with_rows) if with_rows else {}
+        # From here the group's entries are in the ledger: it ends as a partition would (its days
+        # COMPLETED, PAUSED or FAILED), never by posting its days again one by one.
+        self.committed = bool(with_rows)
+        for attempt in range(self.options.max_retries + 1):
+            try:
+                self._finish_group(posting, with_rows)
+                break
+            except psycopg.Error as exc:
+                if not is_transient(exc) or attempt == self.options.max_retries:
+                    raise
+                log.warning(
+                    "group ending %s: transient database error, retry %d", self._last, attempt + 1
+                )
+                self.close()
+                time.sleep(self.options.retry_delay_ms / 1000 * 2**attempt)
+                self._connect_and_lock()
+        self._release()
+        seconds = time.perf_counter() - started
+        for member in self.members:
+            member.outcome.status = checkpoints.COMPLETED
+            member.outcome.seconds = seconds / len(self.members)
+            member.outcome.group_size = len(self.members)
+            batch = stats.get(member.plan.partition_key)
+            if batch is not None and self.on_batch:
+                self.on_batch(member.outcome, batch)
+        return [m.outcome for m in self.members]
+
+    def _finish_group(self, posting: list[_Member], with_rows: list[_Member]) -> None:
+        """After the group's batch: the pause and stop checks, the balance check of the accounts
+        it touched, and every day COMPLETED, as `PartitionPoster` does after its last batch."""
+        conn = self.conn
+        assert conn is not None
         if with_rows:
             self._after_batch(conn)
         touched = set().union(*(m.outcome.touched_accounts for m in with_rows))
@@ -162,16 +201,6 @@ class GroupPoster:
             conn, {m.checkpoint.id: _summary(m.outcome) for m in posting if m.checkpoint}
         )
         self.completed = True
-        self._release(conn)
-        seconds = time.perf_counter() - started
-        for member in self.members:
-            member.outcome.status = checkpoints.COMPLETED
-            member.outcome.seconds = seconds / len(self.members)
-            member.outcome.group_size = len(self.members)
-            batch = stats.get(member.plan.partition_key)
-            if batch is not None and self.on_batch:
-                self.on_batch(member.outcome, batch)
-        return [m.outcome for m in self.members]
 
     def _connect_and_lock(self) -> psycopg.Connection:
         conn, new = self.sessions.acquire()
@@ -187,9 +216,14 @@ class GroupPoster:
             PartitionPoster._set_up_session(conn)
         wait_ms = int(self.options.partition_lock_wait_seconds * 1000)
         try:
-            conn.execute(_LOCK_ALL, {"wait": f"{wait_ms}ms", "keys": self._lock_keys()})
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",))
+            conn.execute(_LOCK_ALL, {"keys": self._lock_keys()})
             conn.commit()
         except pgerrors.LockNotAvailable:
+            if self.committed:  # taking the locks again after a lost connection
+                raise PartitionBusyError(
+                    self.source_id, f"{self.plans[0].partition_key}.."
+                ) from None
             raise _PostAlone("a partition of the group is being posted by another run") from None
         return conn
 
@@ -305,10 +339,17 @@ class GroupPoster:
             stats[member.plan.partition_key] = batch
         return stats
 
-    def _release(self, conn: psycopg.Connection) -> None:
-        conn.execute(_UNLOCK_ALL, {"keys": self._lock_keys()})
-        conn.commit()
-        self.conn = None
+    def _release(self) -> None:
+        """Unlock the group's days and hand the connection on; a connection that cannot be
+        unlocked is closed instead, which drops its locks too."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute(_UNLOCK_ALL, {"keys": self._lock_keys()})
+            conn.commit()
+        except psycopg.Error:
+            conn.close()
         self.sessions.release(conn)
 
     def _after_batch(self, conn: psycopg.Connection) -> None:
@@ -335,18 +376,36 @@ class GroupPoster:
             self.conn.close()
             self.conn = None
 
-    def interrupted(self, message: str) -> None:
-        """Mark the checkpoints this group opened PAUSED, as a single partition's would be."""
+    @property
+    def _last(self) -> str:
+        return self.plans[-1].partition_key
+
+    def end(self, status: str, message: str, members: list[_Member] | None = None) -> None:
+        """Mark the checkpoints this group opened (or those of `members`) PAUSED or FAILED, as a
+        single partition's would be; nothing once the group is COMPLETED."""
         self.close()
-        opened = [m.checkpoint for m in self.members if m.checkpoint is not None]
+        chosen = self.members if members is None else members
+        opened = [m.checkpoint for m in chosen if m.checkpoint is not None]
         if not opened or self.completed:
             return
         try:
             with self.sessions.connect() as conn:
-                for checkpoint in opened:
-                    checkpoints.finish(conn, checkpoint.id, checkpoints.PAUSED, message)
+                conn.execute(
+                    query("checkpoints/end_group"),
+                    {
+                        "ids": [c.id for c in opened],
+                        "run_id": self.run_id,
+                        "status": status,
+                        "message": redact(message),
+                    },
+                )
+                conn.commit()
         except psycopg.Error:
-            log.exception("could not record checkpoint status PAUSED")
+            log.exception("could not record checkpoint status %s", status)
+
+    def members_of(self, plans: list[PartitionPlan]) -> list[_Member]:
+        keys = {plan.partition_key for plan in plans}
+        return [m for m in self.members if m.plan.partition_key in keys]
 
 
 _KINDS = ("duplicates", "conflicts", "already_posted")
@@ -456,29 +515,45 @@ def _post_group(
     rows: pd.DataFrame | None,
 ) -> list[PostingOutcome]:
     poster = GroupPoster(plans, options, sessions, verifier, pause_probe, on_batch, stop, rows)
+    interrupted = "interrupted (run terminated); re-run the partition to resume"
     try:
         return poster.run()
     except PausedError as exc:
-        poster.interrupted(str(exc))
+        poster.end(checkpoints.PAUSED, str(exc))
         raise
-    except (KeyboardInterrupt, SystemExit) as exc:
-        message = "interrupted (run terminated); re-run the partition to resume"
-        poster.interrupted(message)
-        raise PausedError(f"partitions {plans[0].partition_key}..: {message}") from exc
     except BaseException as exc:
-        if type(exc).__name__.endswith("InterruptedError"):
-            message = "interrupted (run terminated); re-run the partition to resume"
-            poster.interrupted(message)
-            raise PausedError(f"partitions {plans[0].partition_key}..: {message}") from exc
+        if isinstance(exc, KeyboardInterrupt | SystemExit) or type(exc).__name__.endswith(
+            "InterruptedError"
+        ):
+            poster.end(checkpoints.PAUSED, interrupted)
+            raise PausedError(f"partitions {plans[0].partition_key}..: {interrupted}") from exc
+        if poster.committed:
+            # Its entries are in: the group fails as a partition would, naming why.
+            poster.end(checkpoints.FAILED, redact(f"{type(exc).__name__}: {exc}"))
+            raise
         poster.close()
-        log.info(
+        log.warning(
             "partitions %s..%s: posted one by one (%s: %s)",
             plans[0].partition_key,
             plans[-1].partition_key,
             type(exc).__name__,
             redact(str(exc)),
         )
-    return [
-        post_partition(connect, plan, options, pause_probe, on_batch, stop, sessions, verifier)
-        for plan in plans
-    ]
+    outcomes = []
+    for index, plan in enumerate(plans):
+        try:
+            outcomes.append(
+                post_partition(
+                    connect, plan, options, pause_probe, on_batch, stop, sessions, verifier
+                )
+            )
+        except BaseException:
+            # The days the group opened that this run now never reaches: not left IN_PROGRESS.
+            poster.end(
+                checkpoints.PAUSED,
+                f"not posted: partition {plan.partition_key} before it stopped the run; "
+                "re-run to resume",
+                poster.members_of(plans[index + 1 :]),
+            )
+            raise
+    return outcomes

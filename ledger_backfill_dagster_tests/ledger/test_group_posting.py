@@ -64,3 +64,61 @@ def test_the_staged_csv_has_one_line_per_row_whatever_the_chunks() -> None:
     chunked = pa.chunked_array([pa.array(["a", "b"]), pa.array([], pa.string()), pa.array(["c"])])
     table = pa.table({"partition_key": pa.array(["k1", "k1", "k2"]), "reference_id": chunked})
     assert _csv_bytes(table) == b'"k1","a"\n"k1","b"\n"k2","c"\n'
+
+
+def _group_of_days(tmp_path, backfill_env, monkeypatch, **settings: str):
+    from ledger_backfill_dagster_tests.support.helpers import (
+        use_source_files,
+        write_deposit_dataset,
+    )
+
+    entries, accounts = write_deposit_dataset(tmp_path / "data", days=6, per_day=4)
+    use_source_files(monkeypatch, entries, accounts, BATCH_SIZE="100", **settings)
+    return entries, accounts
+
+
+def _statuses(conn) -> dict[str, tuple[str, str | None]]:
+    rows = conn.execute(
+        "SELECT partition_key, status, error_message FROM ledger_backfill_checkpoints"
+    ).fetchall()
+    return {key: (status, message) for key, status, message in rows}
+
+
+def test_drift_found_after_a_groups_batch_fails_its_days_not_completes_them(
+    tmp_path, backfill_env, monkeypatch, conn
+) -> None:
+    """The group's batch commits, then its balance check finds an account moved behind the
+    ledger's back: its days end FAILED naming the drift, as a single day's would, never
+    COMPLETED by a second pass over them."""
+    from ledger_backfill_dagster.ledger.accounts import load_accounts, read_accounts_file
+    from ledger_backfill_dagster_tests.support.helpers import failure_text, materialize_range
+
+    _, accounts = _group_of_days(tmp_path, backfill_env, monkeypatch)
+    load_accounts(conn, read_accounts_file(str(accounts)))
+    conn.execute("UPDATE bank_accounts SET balance = balance + 0.01 WHERE id = 'FEE-USD'")
+    result = materialize_range("2024-01-01", "2024-01-06", raise_on_error=False)
+    assert not result.success
+    assert "entries sum to" in failure_text(result)
+    statuses = _statuses(conn)
+    assert len(statuses) == 6
+    assert {status for status, _ in statuses.values()} == {"FAILED"}, statuses
+    assert all("BalanceDriftError" in (message or "") for _, message in statuses.values())
+
+
+def test_a_day_failing_after_its_group_fell_back_leaves_no_day_in_progress(
+    tmp_path, backfill_env, monkeypatch, conn
+) -> None:
+    """SKIP_DUPLICATES=false and a repeat in every day: the group cannot post, its days go one by
+    one, the first fails; the days the group opened but the run never reached end PAUSED (not
+    IN_PROGRESS with nobody posting them), and nothing is in the ledger."""
+    from ledger_backfill_dagster_tests.support.helpers import materialize_range
+
+    _group_of_days(tmp_path, backfill_env, monkeypatch, SKIP_DUPLICATES="false")
+    result = materialize_range("2024-01-01", "2024-01-06", raise_on_error=False)
+    assert not result.success
+    statuses = _statuses(conn)
+    assert statuses["2024-01-01"][0] == "FAILED"
+    later = {key: value for key, value in statuses.items() if key != "2024-01-01"}
+    assert later and {status for status, _ in later.values()} == {"PAUSED"}, statuses
+    assert all("not posted" in (message or "") for _, message in later.values())
+    assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 0
