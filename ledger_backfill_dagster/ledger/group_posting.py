@@ -54,6 +54,7 @@ from ledger_backfill_dagster.ledger.posting import (
     plan_digests,
     post_partition,
     stage_table,
+    stop_if_asked,
 )
 from ledger_backfill_dagster.lib.errors import is_transient
 from ledger_backfill_dagster.lib.redaction import redact
@@ -186,8 +187,14 @@ class GroupPoster:
         it touched, and every day COMPLETED, as `PartitionPoster` does after its last batch."""
         conn = self.conn
         assert conn is not None
-        if with_rows:
-            self._after_batch(conn)
+        if with_rows:  # as a partition's poster does after each batch
+            stop_if_asked(
+                conn,
+                self.stop,
+                self.pause_probe,
+                f"partitions {self.plans[0].partition_key}..{self._last}",
+                "their batch",
+            )
         touched = set().union(*(m.outcome.touched_accounts for m in with_rows))
         if self.options.validate_balances and touched:
             drift = self.verifier.check(conn, touched)
@@ -351,24 +358,6 @@ class GroupPoster:
         except psycopg.Error:
             conn.close()
         self.sessions.release(conn)
-
-    def _after_batch(self, conn: psycopg.Connection) -> None:
-        """What `PartitionPoster._after_batch` does after each batch: stop on Terminate, pause
-        on request. The group's checkpoints then stay where the batch left them."""
-        last = self.plans[-1].partition_key
-        if self.stop is not None and self.stop.is_set():
-            raise PausedError(
-                f"partitions {self.plans[0].partition_key}..{last}: stopped after their batch "
-                "because the run was terminated; re-run to resume"
-            )
-        if self.pause_probe is not None:
-            paused = self.pause_probe(conn)
-            conn.commit()
-            if paused:
-                raise PausedError(
-                    f"partitions {self.plans[0].partition_key}..{last}: paused on request after "
-                    "their batch; re-run to resume"
-                )
 
     def close(self) -> None:
         """After any error: drop the connection, and with it every lock it holds."""

@@ -178,6 +178,29 @@ PauseProbe = Callable[[psycopg.Connection], bool]
 ProgressHook = Callable[[PostingOutcome, BatchStats], None]
 
 
+def stop_if_asked(
+    conn: psycopg.Connection,
+    stop: threading.Event | None,
+    pause_probe: PauseProbe | None,
+    subject: str,
+    after: str,
+) -> None:
+    """After a committed batch: PausedError if the run was terminated (`stop`) or a pause was
+    requested (`pause_probe`, read in its own short transaction)."""
+    if stop is not None and stop.is_set():
+        raise PausedError(
+            f"{subject}: stopped after {after} because the run was terminated; re-run the "
+            "partition to resume"
+        )
+    if pause_probe is not None:
+        paused = pause_probe(conn)
+        conn.commit()
+        if paused:
+            raise PausedError(
+                f"{subject}: paused on request after {after}; re-run the partition to resume"
+            )
+
+
 def pause_requested(run_started: datetime, source_id: str) -> PauseProbe:
     def probe(conn: psycopg.Connection) -> bool:
         row = conn.execute(query("posting/pause_requested"), (source_id, run_started)).fetchone()
@@ -807,19 +830,13 @@ class PartitionPoster:
         conn = self._ensure_connection()
         if self.options.validate_balances and number % self.options.checkpoint_interval == 0:
             self._check_balances(conn)
-        if self.stop is not None and self.stop.is_set():
-            raise PausedError(
-                f"partition {self.plan.partition_key}: stopped after batch {number} because the "
-                "run was terminated; re-run the partition to resume"
-            )
-        if self.pause_probe is not None:
-            paused = self.pause_probe(conn)
-            conn.commit()
-            if paused:
-                raise PausedError(
-                    f"partition {self.plan.partition_key}: paused on request after batch {number}; "
-                    "re-run the partition to resume"
-                )
+        stop_if_asked(
+            conn,
+            self.stop,
+            self.pause_probe,
+            f"partition {self.plan.partition_key}",
+            f"batch {number}",
+        )
 
     def _check_balances(self, conn: psycopg.Connection) -> None:
         if not self.outcome.touched_accounts:
