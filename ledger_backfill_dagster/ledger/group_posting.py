@@ -210,17 +210,7 @@ class GroupPoster:
         self.completed = True
 
     def _connect_and_lock(self) -> psycopg.Connection:
-        conn, new = self.sessions.acquire()
-        self.conn = conn
-        if not new:
-            try:  # an idle session may have died with a server restart since it was last used
-                conn.execute("SELECT 1")
-            except psycopg.OperationalError:
-                conn.close()
-                conn, new = self.sessions.connect(), True
-                self.conn = conn
-        if new:
-            PartitionPoster._set_up_session(conn)
+        conn = self.conn = self.sessions.live()
         wait_ms = int(self.options.partition_lock_wait_seconds * 1000)
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{wait_ms}ms",))

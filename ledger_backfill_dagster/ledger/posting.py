@@ -209,6 +209,18 @@ def pause_requested(run_started: datetime, source_id: str) -> PauseProbe:
     return probe
 
 
+def _set_up_session(conn: psycopg.Connection) -> None:
+    if conn.info.server_version >= 140000:
+        # A session whose client died (SIGKILL, lost host) ends within a second even while it
+        # waits on a lock, releasing its partition lock and account locks.
+        try:
+            conn.execute("SELECT set_config('client_connection_check_interval', '1000', false)")
+        except pgerrors.InvalidParameterValue:  # a platform without the check: carry on
+            conn.rollback()
+    conn.execute(query("posting/create_post_stage"))
+    conn.commit()
+
+
 class PostingSessions:
     """Idle posting connections, reused from one partition to the next.
 
@@ -230,6 +242,24 @@ class PostingSessions:
                 if not conn.closed and not conn.broken:
                     return conn, False
         return self.connect(), True
+
+    def live(self) -> psycopg.Connection:
+        """An idle session that still answers (one may have died with a server restart since it
+        was last used), or a new one set up for posting."""
+        conn, new = self.acquire()
+        if not new:
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.OperationalError:
+                conn.close()
+                conn, new = self.connect(), True
+        if new:
+            try:
+                _set_up_session(conn)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     def release(self, conn: psycopg.Connection) -> None:
         healthy = not conn.closed and not conn.broken
@@ -344,19 +374,7 @@ class PartitionPoster:
         if self.conn is not None and not self.conn.closed and not self.conn.broken:
             return self.conn
         self._close()
-        conn, new = self.sessions.acquire()
-        if not new:
-            try:  # an idle session may have died with a server restart since it was last used
-                conn.execute("SELECT 1")
-            except psycopg.OperationalError:
-                conn.close()
-                conn, new = self.sessions.connect(), True
-        if new:
-            try:
-                self._set_up_session(conn)
-            except BaseException:
-                conn.close()
-                raise
+        conn = self.sessions.live()
         wait_ms = int(self.options.partition_lock_wait_seconds * 1000)
         try:
             conn.execute("SELECT set_config('lock_timeout', %s, false)", (f"{wait_ms}ms",))
@@ -372,18 +390,6 @@ class PartitionPoster:
         self.conn = conn
         self.locked = True
         return conn
-
-    @staticmethod
-    def _set_up_session(conn: psycopg.Connection) -> None:
-        if conn.info.server_version >= 140000:
-            # A session whose client died (SIGKILL, lost host) ends within a second even while
-            # it waits on a lock, releasing its partition lock and account locks.
-            try:
-                conn.execute("SELECT set_config('client_connection_check_interval', '1000', false)")
-            except pgerrors.InvalidParameterValue:  # a platform without the check: carry on
-                conn.rollback()
-        conn.execute(query("posting/create_post_stage"))
-        conn.commit()
 
     def _close(self) -> None:
         """Drop the connection (and with it every lock it holds): after any error."""
