@@ -205,7 +205,7 @@ class GroupPoster:
                     [(d.account_id, str(d.expected_balance), str(d.actual_balance)) for d in drift],
                 )
         checkpoints.complete_group(
-            conn, {m.checkpoint.id: _summary(m.outcome) for m in posting if m.checkpoint}
+            conn, {m.checkpoint.id: m.outcome.checkpoint_summary() for m in posting if m.checkpoint}
         )
         self.completed = True
 
@@ -405,16 +405,6 @@ def _per_partition(unposted: _Unposted) -> dict[str, dict[str, int]]:
         for row in getattr(unposted, kind):
             counts[kind][row.partition_key] = counts[kind].get(row.partition_key, 0) + 1
     return counts
-
-
-def _summary(o: PostingOutcome) -> dict:
-    return {
-        "last_run_posted": o.posted,
-        "last_run_already_posted": o.already_posted,
-        "last_run_duplicates": o.duplicates,
-        "last_run_conflicts": o.conflicts,
-        "last_run_batches": len(o.batches),
-    }
 
 
 def post_partitions(

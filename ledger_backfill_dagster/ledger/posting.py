@@ -168,6 +168,16 @@ class PostingOutcome:
     touched_accounts: set[str] = field(default_factory=set)
     group_size: int = 1  # partitions whose entries were posted in the same batch (group_posting)
 
+    def checkpoint_summary(self) -> dict:
+        """What this run did to the partition, merged into its checkpoint's metadata."""
+        return {
+            "last_run_posted": self.posted,
+            "last_run_already_posted": self.already_posted,
+            "last_run_duplicates": self.duplicates,
+            "last_run_conflicts": self.conflicts,
+            "last_run_batches": len(self.batches),
+        }
+
     @property
     def entries_per_second(self) -> float:
         rows = sum(b.rows for b in self.batches)
@@ -868,14 +878,7 @@ class PartitionPoster:
         self.outcome.status = checkpoints.COMPLETED
 
     def _summary(self) -> dict:
-        o = self.outcome
-        return {
-            "last_run_posted": o.posted,
-            "last_run_already_posted": o.already_posted,
-            "last_run_duplicates": o.duplicates,
-            "last_run_conflicts": o.conflicts,
-            "last_run_batches": len(o.batches),
-        }
+        return self.outcome.checkpoint_summary()
 
     def _finish(self, status: str, message: str) -> None:
         self.outcome.status = status
