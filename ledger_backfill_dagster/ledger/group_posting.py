@@ -108,24 +108,12 @@ class GroupPoster:
     """Posts a group of small partitions in one batch; holds one connection and their locks."""
 
     def __init__(
-        self,
-        plans: list[PartitionPlan],
-        options: PostingOptions,
-        sessions: PostingSessions,
-        verifier: BalanceVerifier,
-        pause_probe: PauseProbe | None = None,
-        on_batch: ProgressHook | None = None,
-        stop: threading.Event | None = None,
-        rows: pd.DataFrame | None = None,
+        self, plans: list[PartitionPlan], run: PostingRun, rows: pd.DataFrame | None = None
     ) -> None:
         self.plans = plans
         self.rows = rows  # the plans' entries in one frame, if they were read as one
-        self.options = options
-        self.sessions = sessions
-        self.verifier = verifier
-        self.pause_probe = pause_probe
-        self.on_batch = on_batch
-        self.stop = stop
+        self.options, self.sessions, self.verifier = run.options, run.sessions, run.verifier
+        self.pause_probe, self.on_batch, self.stop = run.pause_probe, run.on_batch, run.stop
         self.members = [_Member(plan) for plan in plans]
         self.conn: psycopg.Connection | None = None
         self.completed = False  # every checkpoint of the group is COMPLETED
@@ -407,27 +395,38 @@ def _per_partition(unposted: _Unposted) -> dict[str, dict[str, int]]:
     return counts
 
 
+@dataclass(frozen=True)
+class PostingRun:
+    """What every partition of a run is posted with (the arguments of `post_partition`)."""
+
+    connect: Callable[[], psycopg.Connection]
+    options: PostingOptions
+    sessions: PostingSessions
+    verifier: BalanceVerifier
+    pause_probe: PauseProbe | None = None
+    on_batch: ProgressHook | None = None
+    stop: threading.Event | None = None
+
+    def alone(self, plan: PartitionPlan) -> PostingOutcome:
+        return post_partition(
+            self.connect,
+            plan,
+            self.options,
+            self.pause_probe,
+            self.on_batch,
+            self.stop,
+            self.sessions,
+            self.verifier,
+        )
+
+
 def post_partitions(
-    connect: Callable[[], psycopg.Connection],
-    plans: list[PartitionPlan],
-    options: PostingOptions,
-    pause_probe: PauseProbe | None,
-    on_batch: ProgressHook | None,
-    stop: threading.Event | None,
-    sessions: PostingSessions,
-    verifier: BalanceVerifier,
-    whole: pd.DataFrame | None = None,
+    run: PostingRun, plans: list[PartitionPlan], whole: pd.DataFrame | None = None
 ) -> list[PostingOutcome]:
     """Post consecutive partitions in order: runs of small ones in groups, the rest alone.
     `whole`, if given, is the plans' entries in one frame (each plan's a consecutive slice)."""
     outcomes: list[PostingOutcome] = []
     offsets = np.cumsum([0, *(len(plan.entries) for plan in plans)])
-
-    def alone(plan: PartitionPlan) -> None:
-        outcomes.append(
-            post_partition(connect, plan, options, pause_probe, on_batch, stop, sessions, verifier)
-        )
-
     group: list[PartitionPlan] = []
     rows = 0
     first = 0  # index of the group's first plan
@@ -435,33 +434,21 @@ def post_partitions(
     def flush() -> None:
         nonlocal group, rows
         if len(group) == 1:
-            alone(group[0])
+            outcomes.append(run.alone(group[0]))
         elif group:
             rows_of = None
             if whole is not None:
                 rows_of = whole.iloc[offsets[first] : offsets[first + len(group)]]
-            outcomes.extend(
-                _post_group(
-                    connect,
-                    group,
-                    options,
-                    pause_probe,
-                    on_batch,
-                    stop,
-                    sessions,
-                    verifier,
-                    rows_of,
-                )
-            )
+            outcomes.extend(_post_group(run, group, rows_of))
         group, rows = [], 0
 
     for index, plan in enumerate(plans):
-        if not groupable(plan, options):
+        if not groupable(plan, run.options):
             flush()
-            alone(plan)
+            outcomes.append(run.alone(plan))
             continue
         if group and (
-            rows + len(plan.entries) > options.batch_size or len(group) >= GROUP_MAX_PARTITIONS
+            rows + len(plan.entries) > run.options.batch_size or len(group) >= GROUP_MAX_PARTITIONS
         ):
             flush()
         if not group:
@@ -473,17 +460,9 @@ def post_partitions(
 
 
 def _post_group(
-    connect: Callable[[], psycopg.Connection],
-    plans: list[PartitionPlan],
-    options: PostingOptions,
-    pause_probe: PauseProbe | None,
-    on_batch: ProgressHook | None,
-    stop: threading.Event | None,
-    sessions: PostingSessions,
-    verifier: BalanceVerifier,
-    rows: pd.DataFrame | None,
+    run: PostingRun, plans: list[PartitionPlan], rows: pd.DataFrame | None
 ) -> list[PostingOutcome]:
-    poster = GroupPoster(plans, options, sessions, verifier, pause_probe, on_batch, stop, rows)
+    poster = GroupPoster(plans, run, rows)
     interrupted = "interrupted (run terminated); re-run the partition to resume"
     try:
         return poster.run()
@@ -511,11 +490,7 @@ def _post_group(
     outcomes = []
     for index, plan in enumerate(plans):
         try:
-            outcomes.append(
-                post_partition(
-                    connect, plan, options, pause_probe, on_batch, stop, sessions, verifier
-                )
-            )
+            outcomes.append(run.alone(plan))
         except BaseException:
             # The days the group opened that this run now never reaches: not left IN_PROGRESS.
             poster.end(

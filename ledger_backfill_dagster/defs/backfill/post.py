@@ -23,7 +23,11 @@ from ledger_backfill_dagster.defs.backfill.validate import validated_entries
 from ledger_backfill_dagster.defs.partitions import daily_partitions
 from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
 from ledger_backfill_dagster.ledger.errors import PausedError, PostingError
-from ledger_backfill_dagster.ledger.group_posting import GROUP_MAX_PARTITIONS, post_partitions
+from ledger_backfill_dagster.ledger.group_posting import (
+    GROUP_MAX_PARTITIONS,
+    PostingRun,
+    post_partitions,
+)
 from ledger_backfill_dagster.ledger.posting import (
     BatchStats,
     PartitionPlan,
@@ -131,11 +135,11 @@ def posted_batches(
     sessions = PostingSessions(ledger_db.connect)
     collector = _Collector()
 
+    run = PostingRun(ledger_db.connect, options, sessions, verifier, probe, progress, stop)
+
     def post(unit: list[str]) -> list[PostingOutcome]:
         plans, whole = plans_for(unit)
-        outcomes = post_partitions(
-            ledger_db.connect, plans, options, probe, progress, stop, sessions, verifier, whole
-        )
+        outcomes = post_partitions(run, plans, whole)
         for outcome in outcomes:
             if outcome.skipped:
                 progress.skip(outcome.to_process)
