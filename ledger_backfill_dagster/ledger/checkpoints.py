@@ -9,9 +9,9 @@ resume.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -76,20 +76,7 @@ def open_checkpoint(
         )
         updated = one_row(cur)
         if restart:
-            # The run classifies every row of the partition again: what earlier runs recorded
-            # is replaced, not added to (a re-export may have moved rows to other lines).
-            for table in ("ledger_backfill_duplicates", "ledger_backfill_conflicts"):
-                cur.execute(
-                    sql.SQL("DELETE FROM {} WHERE source_id = %s AND partition_key = %s").format(
-                        sql.Identifier(table)
-                    ),
-                    (source_id, partition_key),
-                )
-            # …and so are the rows the database refused at posting (stage 'post').
-            cur.execute(
-                query("rejects/clear_partitions"),
-                {"source_id": source_id, "stage": "post", "partition_keys": [partition_key]},
-            )
+            _clear_outcomes(cur, source_id, [partition_key])
         return _checkpoint(updated), False
 
 
@@ -153,10 +140,18 @@ def open_group(
                 "rejected": [m.rejected for m in chosen],
             },
         ).fetchall()
-        restarted = {"source_id": source_id, "partition_keys": [m.partition_key for m in chosen]}
-        cur.execute(query("checkpoints/clear_outcomes_many"), restarted)
-        cur.execute(query("rejects/clear_partitions"), {**restarted, "stage": "post"})
+        _clear_outcomes(cur, source_id, [m.partition_key for m in chosen])
     return {row["partition_key"]: _checkpoint(row) for row in opened}, skipped
+
+
+def _clear_outcomes(cur: psycopg.Cursor[Any], source_id: str, partition_keys: list[str]) -> None:
+    """What a restarted checkpoint clears: the duplicates and conflicts earlier runs recorded,
+    and the rows the database refused at posting (stage 'post'); the run classifies every row
+    of the partition again, so they are replaced, not added to (a re-export may have moved rows
+    to other lines)."""
+    params = {"source_id": source_id, "partition_keys": partition_keys}
+    cur.execute(query("checkpoints/clear_outcomes_many"), params)
+    cur.execute(query("rejects/clear_partitions"), {**params, "stage": "post"})
 
 
 def complete_group(conn: psycopg.Connection, summaries: dict[int, dict]) -> None:

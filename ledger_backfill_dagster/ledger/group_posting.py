@@ -32,6 +32,7 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 from psycopg import errors as pgerrors
+from tenacity import RetryCallState
 
 from ledger_backfill_dagster.ledger import checkpoints
 from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
@@ -51,12 +52,13 @@ from ledger_backfill_dagster.ledger.posting import (
     ProgressHook,
     _Batch,
     _Unposted,
+    partition_lock_key,
     plan_digests,
     post_partition,
     stage_table,
     stop_if_asked,
+    transient_retrying,
 )
-from ledger_backfill_dagster.lib.errors import is_transient
 from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.lib.rows import named_row, one_row
 from ledger_backfill_dagster.lib.sql_files import query
@@ -126,10 +128,7 @@ class GroupPoster:
         )
 
     def _lock_keys(self) -> list[str]:
-        return [
-            f"ledger_backfill:{self.source_type}:{self.source_id}:{plan.partition_key}"
-            for plan in self.plans
-        ]
+        return [partition_lock_key(plan) for plan in self.plans]
 
     # -- the group, start to end --------------------------------------------------------------
     def run(self) -> list[PostingOutcome]:
@@ -146,19 +145,23 @@ class GroupPoster:
         # From here the group's entries are in the ledger: it ends as a partition would (its days
         # COMPLETED, PAUSED or FAILED), never by posting its days again one by one.
         self.committed = bool(with_rows)
-        for attempt in range(self.options.max_retries + 1):
-            try:
+
+        def reconnect(state: RetryCallState) -> None:
+            log.warning(
+                "partitions %s..%s: transient database error, retry %d of %d",
+                self.plans[0].partition_key,
+                self._last,
+                state.attempt_number,
+                self.options.max_retries,
+            )
+            self.close()
+
+        for attempt in transient_retrying(self.options, reconnect):
+            with attempt:
+                # On a retry the failed attempt's connection is gone, and its locks with it.
+                if self.conn is None:
+                    self._connect_and_lock()
                 self._finish_group(posting, with_rows)
-                break
-            except psycopg.Error as exc:
-                if not is_transient(exc) or attempt == self.options.max_retries:
-                    raise
-                log.warning(
-                    "group ending %s: transient database error, retry %d", self._last, attempt + 1
-                )
-                self.close()
-                time.sleep(self.options.retry_delay_ms / 1000 * 2**attempt)
-                self._connect_and_lock()
         self._release()
         seconds = time.perf_counter() - started
         for member in self.members:
@@ -254,15 +257,10 @@ class GroupPoster:
             pa.string(),
         )
         table = stage_table(frame, keys)
-        params = {
-            "source_id": self.source_id,
-            "source_type": self.source_type,
-            "partition_key": members[0].plan.partition_key,
-            "run_id": self.run_id,
-        }
         poster = PartitionPoster(
             self.sessions.connect, members[0].plan, self.options, sessions=self.sessions
         )
+        params = poster._batch_params()
         with conn.transaction(), conn.cursor(row_factory=named_row) as cur:
             poster._stage(cur, _Batch(frame, table))
             poster._recognise_known_rows(cur, params)

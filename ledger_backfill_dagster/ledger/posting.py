@@ -113,16 +113,12 @@ def plan_digests(frames: list[pd.DataFrame], whole: pd.DataFrame | None = None) 
     one pass and the result cut per frame: the same digests, without paying pandas' per-column
     cost once per partition (a long daily history has thousands of small ones). `whole`, if
     given, is the frames already in one (each a consecutive slice of it)."""
-    if whole is not None:
-        pass
-    elif len(frames) > 1 and all(f.dtypes.equals(frames[0].dtypes) for f in frames[1:]):
-        whole = pd.concat(frames, ignore_index=True)
-    elif len(frames) > 1:
-        return [digest for f in frames for digest in plan_digests([f])]
-    elif frames:
-        whole = frames[0]
-    else:
+    if not frames:
         return []
+    if whole is None:
+        if any(not f.dtypes.equals(frames[0].dtypes) for f in frames[1:]):
+            return [plan_digests([f])[0] for f in frames]
+        whole = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     ids = whole["source_row_id"].astype("int64").to_numpy()
     content = pd.util.hash_pandas_object(whole, index=False).to_numpy()
     digests, start = [], 0
@@ -209,6 +205,27 @@ def stop_if_asked(
             raise PausedError(
                 f"{subject}: paused on request after {after}; re-run the partition to resume"
             )
+
+
+def partition_lock_key(plan: PartitionPlan) -> str:
+    """The key of the session advisory lock a partition is posted under (by one run at a time)."""
+    return f"ledger_backfill:{plan.source_type}:{plan.source_id}:{plan.partition_key}"
+
+
+def transient_retrying(
+    options: PostingOptions, before_sleep: Callable[[RetryCallState], None]
+) -> Retrying:
+    """MAX_RETRIES more attempts after a transient database error, with exponential backoff
+    from RETRY_DELAY; `before_sleep` closes what the failed attempt held. Anything else, or the
+    last failure, is raised."""
+    delay = options.retry_delay_ms / 1000
+    return Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(options.max_retries + 1),
+        wait=wait_exponential_jitter(initial=delay, max=max(delay * 16, 1), jitter=delay / 2),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
 def pause_requested(run_started: datetime, source_id: str) -> PauseProbe:
@@ -378,7 +395,7 @@ class PartitionPoster:
 
     # -- connection ---------------------------------------------------------------------------
     def _lock_key(self) -> str:
-        return f"ledger_backfill:{self.plan.source_type}:{self.plan.source_id}:{self.plan.partition_key}"
+        return partition_lock_key(self.plan)
 
     def _ensure_connection(self) -> psycopg.Connection:
         if self.conn is not None and not self.conn.closed and not self.conn.broken:
@@ -441,14 +458,7 @@ class PartitionPoster:
             )
             self._close()
 
-        delay = self.options.retry_delay_ms / 1000
-        return Retrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.options.max_retries + 1),
-            wait=wait_exponential_jitter(initial=delay, max=max(delay * 16, 1), jitter=delay / 2),
-            before_sleep=count,
-            reraise=True,
-        )
+        return transient_retrying(self.options, count)
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> PostingOutcome:
@@ -873,12 +883,12 @@ class PartitionPoster:
                     self._check_balances(conn)
                 assert self.checkpoint is not None
                 checkpoints.finish(
-                    conn, self.checkpoint.id, checkpoints.COMPLETED, metadata=self._summary()
+                    conn,
+                    self.checkpoint.id,
+                    checkpoints.COMPLETED,
+                    metadata=self.outcome.checkpoint_summary(),
                 )
         self.outcome.status = checkpoints.COMPLETED
-
-    def _summary(self) -> dict:
-        return self.outcome.checkpoint_summary()
 
     def _finish(self, status: str, message: str) -> None:
         self.outcome.status = status
@@ -887,7 +897,9 @@ class PartitionPoster:
         self._close()
         try:
             with self.connect() as conn:
-                checkpoints.finish(conn, self.checkpoint.id, status, message, self._summary())
+                checkpoints.finish(
+                    conn, self.checkpoint.id, status, message, self.outcome.checkpoint_summary()
+                )
         except psycopg.Error:
             log.exception("could not record checkpoint status %s", status)
 

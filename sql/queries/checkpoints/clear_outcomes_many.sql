@@ -1,5 +1,5 @@
 -- checkpoints/clear_outcomes_many.sql
--- What a restarted checkpoint clears (checkpoints.open_checkpoint), for a group of partitions:
+-- What a restarted checkpoint clears (checkpoints._clear_outcomes), for one partition or many:
 -- the duplicates and conflicts earlier runs recorded, which this run classifies anew.
 -- Parameters: source_id, partition_keys (text[]).
 WITH duplicates AS (
