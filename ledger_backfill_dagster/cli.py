@@ -109,6 +109,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild_indexes(args: argparse.Namespace) -> int:
+    """Finish an initial load (LOAD_MODE=initial) whose process died: build its indexes again."""
+    from ledger_backfill_dagster.ledger.load_mode import rebuild_unfinished
+
+    database = _database()
+    database.migrate()
+    print(rebuild_unfinished(database.connect))
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     """Reconcile the ledger for a source's partitions and print the report (used by make demo)."""
     from ledger_backfill_dagster.ledger.reconcile import reconcile_source
@@ -172,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ro.add_argument("--prefix", default="", help="prefix for the role names (default none)")
     ro.set_defaults(func=cmd_roles)
+
+    sub.add_parser(
+        "rebuild-indexes",
+        help="build the indexes an initial load (LOAD_MODE=initial) dropped, if its run died;"
+        " the next posting run does it too",
+    ).set_defaults(func=cmd_rebuild_indexes)
 
     sub.add_parser(
         "summary", help="print the reconciliation of the configured source"

@@ -113,6 +113,7 @@ def backfill_env(
         "PARALLEL_WORKERS",
         "SOURCE_TIMEZONE",
         "REPORTS_DIR",
+        "LOAD_MODE",
     ):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():

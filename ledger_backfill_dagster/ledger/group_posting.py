@@ -134,10 +134,11 @@ class GroupPoster:
     def run(self) -> list[PostingOutcome]:
         started = time.perf_counter()
         conn = self._connect_and_lock()
-        unkeyed = one_row(conn.execute(query("posting/unkeyed_entries_exist"), (self.source_id,)))
-        if unkeyed[0]:
-            raise _PostAlone("the ledger holds entries from before source row keys")
-        conn.commit()
+        if not self.options.initial_load:  # an initial load has none (ledger/load_mode.py)
+            found = conn.execute(query("posting/unkeyed_entries_exist"), (self.source_id,))
+            if one_row(found)[0]:
+                raise _PostAlone("the ledger holds entries from before source row keys")
+            conn.commit()
         self._open(conn)
         posting = [m for m in self.members if m.checkpoint is not None]
         with_rows = [m for m in posting if len(m.plan.entries)]

@@ -86,6 +86,11 @@ class PostingOptions:
     # How long to wait for the partition's lock: a killed run's session can hold it until the
     # server notices the client is gone (client_connection_check_interval, below).
     partition_lock_wait_seconds: float = 30.0
+    # LOAD_MODE=initial (ledger/load_mode.py): the ledger holds no entry without a source row key,
+    # and this source has entries only in `prior_partitions`, so the scans that look for legacy
+    # and vanished entries (whose indexes the load dropped) are needed only there.
+    initial_load: bool = False
+    prior_partitions: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -236,14 +241,33 @@ def pause_requested(run_started: datetime, source_id: str) -> PauseProbe:
     return probe
 
 
-def _set_up_session(conn: psycopg.Connection) -> None:
+# The advisory lock an initial load holds exclusively for its whole run (ledger/load_mode.py) and
+# every live posting session holds shared: the two never post at the same time.
+LOAD_LOCK_KEY = 0x1ED6E6
+
+
+def _keep_out_of_initial_load(conn: psycopg.Connection) -> None:
+    """Hold the load lock shared for the session: wait while an initial load runs."""
+    taken = conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (LOAD_LOCK_KEY,)).fetchone()
+    if not (taken and taken[0]):
+        log.warning("an initial load is running (LOAD_MODE=initial): waiting until it ends")
+        conn.execute("SELECT pg_advisory_lock_shared(%s)", (LOAD_LOCK_KEY,))
+
+
+def end_with_its_client(conn: psycopg.Connection) -> None:
+    """A session whose client died (SIGKILL, lost host) ends within a second even while it
+    waits on a lock, releasing its locks (a partition's, accounts', an initial load's)."""
     if conn.info.server_version >= 140000:
-        # A session whose client died (SIGKILL, lost host) ends within a second even while it
-        # waits on a lock, releasing its partition lock and account locks.
         try:
             conn.execute("SELECT set_config('client_connection_check_interval', '1000', false)")
         except pgerrors.InvalidParameterValue:  # a platform without the check: carry on
             conn.rollback()
+
+
+def _set_up_session(conn: psycopg.Connection, live: bool = True) -> None:
+    end_with_its_client(conn)
+    if live:
+        _keep_out_of_initial_load(conn)
     conn.execute(query("posting/create_post_stage"))
     conn.commit()
 
@@ -256,8 +280,9 @@ class PostingSessions:
     only healthy, idle and with its partition lock released; anything else is closed, which also
     drops every lock it held."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+    def __init__(self, connect: Callable[[], psycopg.Connection], live: bool = True) -> None:
         self.connect = connect
+        self.live_mode = live  # False: the sessions of an initial load, which holds the lock
         self._idle: list[psycopg.Connection] = []
         self._lock = threading.Lock()
 
@@ -282,7 +307,7 @@ class PostingSessions:
                 conn, new = self.connect(), True
         if new:
             try:
-                _set_up_session(conn)
+                _set_up_session(conn, self.live_mode)
             except BaseException:
                 conn.close()
                 raise
@@ -528,7 +553,10 @@ class PartitionPoster:
 
     def _legacy_entries(self, conn: psycopg.Connection) -> list[int]:
         """Only a ledger posted before migration 008 has entries without a key; on any other
-        the partial index answers at once and the partition's rows are not sent."""
+        the partial index answers at once and the partition's rows are not sent. An initial load
+        has none (load_mode refuses to start over them) and has dropped that index."""
+        if self.options.initial_load:
+            return []
         with conn.cursor(row_factory=named_row) as cur:
             found = cur.execute(
                 query("posting/unkeyed_entries_exist"), (self.plan.source_id,)
@@ -555,6 +583,11 @@ class PartitionPoster:
         entries = self.plan.entries
         if "reference_generated" not in entries or not entries["reference_generated"].any():
             return []
+        if (
+            self.options.initial_load
+            and self.plan.partition_key not in self.options.prior_partitions
+        ):
+            return []  # nothing of this source in this partition before the load: none vanished
         with conn.cursor(row_factory=named_row) as cur:
             rows = cur.execute(
                 query("posting/vanished_entries"),

@@ -121,6 +121,8 @@ class Reconciliation:
     outbox_status: list[dict]
     duplicate_references: list[dict]
     control_totals: list[ControlTotal] = field(default_factory=list)
+    # How the run being reported loaded the ledger (LOAD_MODE; ledger/load_mode.py)
+    load_modes: list[dict] = field(default_factory=list)
 
     @property
     def rows_read(self) -> int:

@@ -29,6 +29,16 @@ from ledger_backfill_dagster.ledger.reconcile import (
     Reconciliation,
 )
 
+# When an initial load validated its balances: balances_validated_at, after its indexes were built.
+LOAD_MODE_COLUMNS = [
+    "mode",
+    "requested_mode",
+    "reason",
+    "status",
+    "rebuild_seconds",
+    "balances_validated_at",
+    "accounts_with_drift",
+]
 ERROR_COLUMNS = ["source_row_id", "source_file", "line_number", "reasons", "raw_row"]
 # OWASP, "CSV Injection": a spreadsheet takes a cell beginning with one of these for a formula.
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -134,6 +144,8 @@ def summary_markdown(r: Reconciliation) -> str:
         _table(r.balance_drift, DRIFT_COLUMNS),
         "## Outbox (6.3)\n",
         _table(r.outbox_status, ["status", "count", "oldest", "newest"]),
+        "## Load mode of this run (LOAD_MODE)\n",
+        _table(r.load_modes, LOAD_MODE_COLUMNS) if r.load_modes else "_not recorded_\n",
         "## Problems\n",
         "".join(f"- {p}\n" for p in r.problems) or "_none_\n",
     ]

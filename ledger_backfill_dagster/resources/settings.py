@@ -55,9 +55,17 @@ from ledger_backfill_dagster.resources.source_registry import make_source
 from ledger_backfill_dagster.sources.base import SourceReader
 
 SourceType = Literal["CSV", "DATABASE", "API", "SCB"]
+LoadMode = Literal["auto", "live", "initial"]
 SOURCE_TYPES: tuple[str, ...] = get_args(SourceType)
 DEFAULT_STALL_SECONDS = 3600
 DEFAULT_SENSOR_INTERVAL_SECONDS = 60
+
+
+def _load_mode(value: str) -> LoadMode:
+    mode = value.strip().lower()
+    if mode not in get_args(LoadMode):
+        raise SettingsError(f"LOAD_MODE must be auto, live or initial, got {value!r}")
+    return mode  # type: ignore[return-value]
 
 
 def _optional(name: str) -> str | None:
@@ -281,6 +289,7 @@ class PostingSettings(EnvSettings):
         "skip_duplicates": "SKIP_DUPLICATES",
         "validate_balances": "VALIDATE_BALANCES",
         "force_redo": "FORCE_REDO",
+        "load_mode": "LOAD_MODE",
     }
 
     batch_size: int = Field(
@@ -311,6 +320,12 @@ class PostingSettings(EnvSettings):
         description="FORCE_REDO: re-process partitions whose checkpoint is COMPLETED.",
     )
 
+    load_mode: LoadMode = Field(
+        default="auto",
+        description="LOAD_MODE: auto (initial into an empty ledger, else live), live, or initial "
+        "(secondary indexes built once after the load; refused where unsafe).",
+    )
+
     def options(self) -> PostingOptions:
         """The posting loop's options (PARALLEL_WORKERS is the asset's: it runs the loops)."""
         return PostingOptions(
@@ -334,6 +349,7 @@ class PostingSettings(EnvSettings):
             skip_duplicates=env_bool("SKIP_DUPLICATES", True),
             validate_balances=env_bool("VALIDATE_BALANCES", True),
             force_redo=env_bool("FORCE_REDO", False),
+            load_mode=_load_mode(env_str("LOAD_MODE", "auto")),
         )
 
 

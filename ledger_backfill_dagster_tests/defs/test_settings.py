@@ -62,6 +62,7 @@ DEFAULTS: dict[str, object] = {
     "SKIP_DUPLICATES": True,
     "VALIDATE_BALANCES": True,
     "FORCE_REDO": False,
+    "LOAD_MODE": "auto",
     "REPORTS_DIR": "",
     "STALL_THRESHOLD_SECONDS": 3600,
     "STALL_SENSOR_INTERVAL_SECONDS": 60,
@@ -227,6 +228,8 @@ def probe_value(resource: type[EnvSettings], field: str, variable: str) -> tuple
         return str(value), value
     if field == "source_type":
         return "scb", "SCB"  # upper-cased, as before
+    if field == "load_mode":
+        return "Initial", "initial"  # case-insensitive
     return f"/probe/{variable.lower()}", f"/probe/{variable.lower()}"
 
 
@@ -258,7 +261,7 @@ def test_operations_doc_maps_every_old_key_to_its_new_place_and_variable() -> No
     for before, now, variable, _default in rows:
         old = re.fullmatch(r"`settings\.(\w+)`", before)
         new = re.findall(r"`(\w+\.\w+)`", now)
-        if not new or not (old or before == "(read directly)"):
+        if not new or not (old or before in ("(read directly)", "(new)")):
             continue
         if old:
             old_keys.add(old.group(1))

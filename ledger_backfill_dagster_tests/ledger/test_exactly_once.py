@@ -326,6 +326,7 @@ def test_balance_nudged_mid_run_stops_it_failed_naming_the_account(
         "nudge-mid",
         BATCH_SIZE="200",
         CHECKPOINT_INTERVAL="2",
+        LOAD_MODE="live",  # checked as it goes; an initial load checks once, after it
     )
     outcome: dict = {}
     runner = threading.Thread(

@@ -22,6 +22,7 @@ def test_migrations_are_recorded_idempotent_and_defer_constraints(conn: psycopg.
         "006",
         "007",
         "008",
+        "009",
     ]  # 004 (balance constraints) waits for step 5
     assert apply_migrations(conn) == []
     constraints = conn.execute(

@@ -21,13 +21,15 @@ from ledger_backfill_dagster.defs.backfill.common import (
 )
 from ledger_backfill_dagster.defs.backfill.validate import validated_entries
 from ledger_backfill_dagster.defs.partitions import daily_partitions
+from ledger_backfill_dagster.ledger import load_mode
 from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
-from ledger_backfill_dagster.ledger.errors import PausedError, PostingError
+from ledger_backfill_dagster.ledger.errors import BalanceDriftError, PausedError, PostingError
 from ledger_backfill_dagster.ledger.group_posting import (
     GROUP_MAX_PARTITIONS,
     PostingRun,
     post_partitions,
 )
+from ledger_backfill_dagster.ledger.load_mode import Load, LoadModeRefused
 from ledger_backfill_dagster.ledger.posting import (
     BatchStats,
     PartitionPlan,
@@ -123,7 +125,9 @@ def posted_batches(
         ]
         return plans, whole
 
-    options = posting.options()
+    load = _begin_load(ledger_db, s.source.source_id, s.run_id, posting.load_mode)
+    context.log.info(f"load mode: {load.mode} ({load.reason})")
+    options = load.posting_options(posting.options())
     rows = {k: s.store.row_count(s.source.source_key, "validated", k) for k in s.keys}
     progress = _Progress(context, sum(rows.values()))
     probe = pause_requested(run_started, s.source.source_id)
@@ -132,7 +136,7 @@ def posted_batches(
     # One verifier for the run: each account is summed in full once, then checked from there
     # (ledger/balance_check.py). Connections are reused from partition to partition.
     verifier = BalanceVerifier()
-    sessions = PostingSessions(ledger_db.connect)
+    sessions = PostingSessions(ledger_db.connect, live=not load.initial)
     collector = _Collector()
 
     run = PostingRun(ledger_db.connect, options, sessions, verifier, probe, progress, stop)
@@ -146,17 +150,40 @@ def posted_batches(
         collector.after(sum(o.to_process for o in outcomes))
         return outcomes
 
-    with sessions:
-        units = posting_units(s.keys, rows, options.batch_size)
-        outcomes = _post_all(units, post, posting.parallel_workers, stop)
-    context.log.info(
-        f"balance checks: {verifier.full_checks} account(s) summed in full, "
-        f"{verifier.incremental_checks} checked incrementally"
-    )
+    try:
+        with sessions:
+            units = posting_units(s.keys, rows, options.batch_size)
+            outcomes = _post_all(units, post, posting.parallel_workers, stop)
+    finally:
+        # Whatever happened, an initial load builds its indexes before the step ends (a killed
+        # process leaves that to the next run: ledger/load_mode.py).
+        load.finish()
+    if load.initial:
+        drift = load.drift or []
+        context.log.info(
+            f"initial load: {len(load.dropped)} index(es) built in {load.rebuild_seconds:.1f} s, "
+            f"then every balance checked against its entries: {len(drift)} differ"
+        )
+        if drift:
+            error = BalanceDriftError(f"{s.keys[0]}..{s.keys[-1]} (initial load)", drift)
+            raise dg.Failure(description=str(error), allow_retries=False)
+    else:
+        context.log.info(
+            f"balance checks: {verifier.full_checks} account(s) summed in full, "
+            f"{verifier.incremental_checks} checked incrementally"
+        )
     # Each partition's materialization carries its own numbers (same keys as the run's totals,
     # which they override), so the UI's plots show them across partitions, not the run's sums.
     add_partition_metadata(context, {o.partition_key: partition_metadata(o) for o in outcomes})
-    return dg.MaterializeResult(metadata=_metadata(outcomes))
+    return dg.MaterializeResult(metadata={**_metadata(outcomes), **load.metadata()})
+
+
+def _begin_load(ledger_db: LedgerDatabase, source_id: str, run_id: str, requested: str) -> Load:
+    """The run's LOAD_MODE decided (ledger/load_mode.py); a refusal fails the step at once."""
+    try:
+        return load_mode.begin(ledger_db.connect, source_id, run_id, requested)
+    except LoadModeRefused as exc:
+        raise dg.Failure(description=redact(str(exc)), allow_retries=False) from exc
 
 
 def _validated_entries(

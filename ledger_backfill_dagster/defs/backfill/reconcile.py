@@ -5,6 +5,7 @@ import dagster as dg
 from ledger_backfill_dagster.defs.backfill.common import GROUP, partition_table, rows_table, stage
 from ledger_backfill_dagster.defs.backfill.post import posted_batches
 from ledger_backfill_dagster.defs.partitions import daily_partitions
+from ledger_backfill_dagster.ledger.load_mode import loads_of_run
 from ledger_backfill_dagster.ledger.reconcile import (
     CURRENCY_TOTAL_COLUMNS,
     PARTITION_COLUMNS,
@@ -43,6 +44,7 @@ def reconciliation_report(
             s.store.validated_paths(s.source.source_key, s.keys),
             s.keys,
         )
+        r.load_modes = loads_of_run(conn, s.source.source_id, s.run_id)
     path = write_reconciliation(monitoring.reports_path, s.source.source_key, r)
     if r.reconciles:
         context.log.info(f"reconciliation: RECONCILES ({r.rows_read} rows read); report {path}")
@@ -61,6 +63,9 @@ def reconciliation_report(
             "conflicts": dg.MetadataValue.int(r.total("conflicts")),
             "rejected": dg.MetadataValue.int(r.total("rejected") + r.unpartitioned_rejects),
             "accounts_with_balance_drift": dg.MetadataValue.int(len(r.balance_drift)),
+            "load_mode": dg.MetadataValue.text(
+                ", ".join(sorted({m["mode"] for m in r.load_modes})) or "not recorded"
+            ),
             "report": dg.MetadataValue.md(summary_markdown(r)),
             "report_file": dg.MetadataValue.path(str(path)),
             "currency_totals": rows_table(r.currency_totals, CURRENCY_TOTAL_COLUMNS),
