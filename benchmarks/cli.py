@@ -77,7 +77,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="BATCH_SIZE values for the posting stage (comma list)",
     )
     p.add_argument(
-        "--e2e-batch-size", type=int, default=1000, help="BATCH_SIZE of the end-to-end runs"
+        "--e2e-batch-size",
+        type=int,
+        default=None,
+        help="BATCH_SIZE of the end-to-end runs (default: the product's default, as a user runs it)",
     )
     p.add_argument(
         "--posting-workers",
@@ -285,10 +288,13 @@ def main(argv: list[str]) -> int:
                 say("  skipped: no validated entries (the preparing run failed)")
 
         if "resume" in wanted and frames:
-            heading(f"5. resume after SIGKILL mid-partition (BATCH_SIZE={args.e2e_batch_size})")
+            from ledger_backfill_dagster.ledger.posting import PostingOptions  # late, as above
+
+            resume_batch = args.e2e_batch_size or PostingOptions().batch_size
+            heading(f"5. resume after SIGKILL mid-partition (BATCH_SIZE={resume_batch})")
             from benchmarks.resume import bench_resume  # late, as bench_posting above
 
-            section("resume", lambda: bench_resume(server, base, frames, args.e2e_batch_size))
+            section("resume", lambda: bench_resume(server, base, frames, resume_batch))
         if prep_home is not None:
             shutil.rmtree(prep_home, ignore_errors=True)
 

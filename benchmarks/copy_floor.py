@@ -1,5 +1,7 @@
-"""2. The COPY floor: the same rows COPYed into `ledger_entries` as migrated, without its foreign
-keys, without its non-unique indexes, into a bare table, and with psycopg's binary COPY."""
+"""2. The COPY floor: the same rows COPYed into `ledger_entries` as migrated, with their outbox rows
+into `dual_ledger_outbox` as migrated (what posting writes: issue 15's live floor), without its
+foreign keys, without its non-unique indexes, into a bare table, and with psycopg's binary
+COPY."""
 
 from __future__ import annotations
 
@@ -106,6 +108,37 @@ def timed_copy(url: str, target: str, columns: list[str], payload: bytes) -> flo
         return time.perf_counter() - t0
 
 
+def timed_copy_with_outbox(url: str, columns: list[str], payload: bytes, table: pa.Table) -> float:
+    """The entries, then one outbox row each (the ids a fresh identity gives them), in one
+    transaction, as a batch of posting writes both tables."""
+    n = table.num_rows
+    outbox = pa.table(
+        {
+            "ledger_entry_id": pa.array(range(1, n + 1), pa.int64()),
+            "ledger_id": table["ledger_id"],
+            "reference_id": table["reference_id"],
+        }
+    )
+    outbox_payload = csv_payload(outbox)
+    entries = sql.SQL("COPY ledger_entries ({}) FROM STDIN (FORMAT csv)").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    outbox_copy = (
+        "COPY dual_ledger_outbox (ledger_entry_id, ledger_id, reference_id) FROM STDIN (FORMAT csv)"
+    )
+    chunk = 1 << 20
+    with psycopg.connect(url) as conn:
+        t0 = time.perf_counter()
+        with conn.cursor() as cur:
+            for statement, data in ((entries, payload), (outbox_copy, outbox_payload)):
+                view = memoryview(data)
+                with cur.copy(statement) as copy:
+                    for i in range(0, len(view), chunk):
+                        copy.write(view[i : i + chunk])
+        conn.commit()
+        return time.perf_counter() - t0
+
+
 def timed_binary_copy(url: str, table: pa.Table, columns: list[tuple[str, str]]) -> float:
     """psycopg's binary COPY (`write_row` with `set_types`); Python builds every value."""
     values = table.to_pydict()
@@ -189,6 +222,15 @@ def bench_copy(server: Server, data: Dataset, binary: bool) -> dict[str, Any]:
         f"  COPY (csv) into ledger_entries as migrated ({shape}): "
         f"{n:,} rows in "
         f"{seconds:.2f} s = {fmt_rate(results['ledger']['rate'])}"
+    )
+
+    with server.database("copyoutbox") as url:
+        prepare_ledger(url, data.accounts_file)
+        seconds = timed_copy_with_outbox(url, names, payload, table)
+        results["ledger_outbox"] = {"seconds": seconds, "rate": rate(n, seconds)}
+    say(
+        f"  COPY (csv) into ledger_entries and dual_ledger_outbox as migrated: {n:,} rows each in "
+        f"{seconds:.2f} s = {fmt_rate(results['ledger_outbox']['rate'])}"
     )
 
     for label, strip_indexes in (("no_fk", False), ("unique_only", True)):

@@ -293,7 +293,7 @@ class PostingSettings(EnvSettings):
     }
 
     batch_size: int = Field(
-        default=1000, description="BATCH_SIZE: entries per posting transaction."
+        default=10_000, description="BATCH_SIZE: entries per posting transaction."
     )
     checkpoint_interval: int = Field(
         default=10, description="CHECKPOINT_INTERVAL: validate touched balances every N batches."
@@ -341,7 +341,7 @@ class PostingSettings(EnvSettings):
     @classmethod
     def from_env(cls) -> PostingSettings:
         return cls(
-            batch_size=env_int("BATCH_SIZE", 1000),
+            batch_size=env_int("BATCH_SIZE", 10_000),
             checkpoint_interval=env_int("CHECKPOINT_INTERVAL", 10),
             max_retries=env_int("MAX_RETRIES", 3),
             retry_delay_ms=env_int("RETRY_DELAY", 1000),

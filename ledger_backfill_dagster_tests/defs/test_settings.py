@@ -55,7 +55,7 @@ DEFAULTS: dict[str, object] = {
     "ACCOUNT_MAP_FILE": None,
     "TRANSACTION_TYPE_MAP_FILE": None,
     "LEDGER_ID": "MASTER",
-    "BATCH_SIZE": 1000,
+    "BATCH_SIZE": 10_000,
     "CHECKPOINT_INTERVAL": 10,
     "MAX_RETRIES": 3,
     "PARALLEL_WORKERS": 1,

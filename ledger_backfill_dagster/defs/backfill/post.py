@@ -125,32 +125,31 @@ def posted_batches(
         ]
         return plans, whole
 
-    load = _begin_load(ledger_db, s.source.source_id, s.run_id, posting.load_mode)
-    context.log.info(f"load mode: {load.mode} ({load.reason})")
-    options = load.posting_options(posting.options())
     rows = {k: s.store.row_count(s.source.source_key, "validated", k) for k in s.keys}
     progress = _Progress(context, sum(rows.values()))
     probe = pause_requested(run_started, s.source.source_id)
     stop = threading.Event()  # set on Terminate: every partition stops after its current batch
-
     # One verifier for the run: each account is summed in full once, then checked from there
     # (ledger/balance_check.py). Connections are reused from partition to partition.
     verifier = BalanceVerifier()
-    sessions = PostingSessions(ledger_db.connect, live=not load.initial)
     collector = _Collector()
 
-    run = PostingRun(ledger_db.connect, options, sessions, verifier, probe, progress, stop)
-
-    def post(unit: list[str]) -> list[PostingOutcome]:
-        plans, whole = plans_for(unit)
-        outcomes = post_partitions(run, plans, whole)
-        for outcome in outcomes:
-            if outcome.skipped:
-                progress.skip(outcome.to_process)
-        collector.after(sum(o.to_process for o in outcomes))
-        return outcomes
-
+    load = _begin_load(ledger_db, s.source.source_id, s.run_id, posting.load_mode)
     try:
+        context.log.info(f"load mode: {load.mode} ({load.reason})")
+        options = load.posting_options(posting.options())
+        sessions = PostingSessions(ledger_db.connect, live=not load.initial)
+        run = PostingRun(ledger_db.connect, options, sessions, verifier, probe, progress, stop)
+
+        def post(unit: list[str]) -> list[PostingOutcome]:
+            plans, whole = plans_for(unit)
+            outcomes = post_partitions(run, plans, whole)
+            for outcome in outcomes:
+                if outcome.skipped:
+                    progress.skip(outcome.to_process)
+            collector.after(sum(o.to_process for o in outcomes))
+            return outcomes
+
         with sessions:
             units = posting_units(s.keys, rows, options.batch_size)
             outcomes = _post_all(units, post, posting.parallel_workers, stop)
