@@ -54,6 +54,7 @@ from ledger_backfill_dagster.lib.sql_files import query
 log = logging.getLogger(__name__)
 
 LOAD_MODES = ("auto", "live", "initial")
+DECISION_LOCK_KEY = LOAD_LOCK_KEY + 1  # held while a run decides its mode
 LIVE, INITIAL = "live", "initial"
 # Settings of the session that builds the indexes again (PostgreSQL's advice for bulk loads):
 # sorts in memory, and one parallel worker beside the leader on this 2-core class of machine.
@@ -78,6 +79,10 @@ class Load:
     dropped: list[dict[str, str]] = field(default_factory=list)
     rebuild_seconds: float | None = None
     drift: list[tuple[str, str, str]] | None = None  # (account, entries' sum, stored) after it
+    # A run of the same source that joined a load another run owns: it posts as that load does
+    # and validates every balance at its own end; the owner builds the indexes.
+    joined_run: str | None = None
+    joined: Callable[[], psycopg.Connection] | None = None  # how to connect for that check
 
     @property
     def initial(self) -> bool:
@@ -100,6 +105,13 @@ class Load:
         """Build the dropped indexes again, validate every balance, release the lock. Safe to
         call more than once; after an error the next run finishes it (see the module doc)."""
         guard, self.guard = self.guard, None
+        joined, self.joined = self.joined, None
+        if joined is not None:
+            with joined() as conn:
+                self.drift = _drift(conn)
+                if self.load_id is not None:
+                    _record_validation(conn, self.load_id, self.drift)
+            return
         if guard is None:
             return
         try:
@@ -114,12 +126,14 @@ class Load:
             "load_mode_requested": self.requested,
             "load_mode_reason": self.reason,
         }
-        if self.initial:
+        if self.joined_run is not None:
+            found["joined_initial_load_of_run"] = self.joined_run
+        elif self.initial:
             found["indexes_rebuilt"] = len(self.dropped)
             if self.rebuild_seconds is not None:
                 found["index_rebuild_seconds"] = round(self.rebuild_seconds, 3)
-            if self.drift is not None:
-                found["accounts_with_drift_after_load"] = len(self.drift)
+        if self.initial and self.drift is not None:
+            found["accounts_with_drift_after_load"] = len(self.drift)
         return found
 
 
@@ -134,12 +148,18 @@ def begin(
         )
     guard = connect()
     guard.autocommit = True
-    end_with_its_client(guard)  # a killed load's lock must not outlive it
+    _set_up_guard(guard)
     keep_guard = False
     try:
+        # One decision at a time: runs starting together see each other's load once decided,
+        # so runs of one backfill join its initial load instead of waiting for it to end.
+        guard.execute("SELECT pg_advisory_lock(%s)", (DECISION_LOCK_KEY,))
         load = _decide(guard, source_id, run_id, requested)
-        keep_guard = load.initial
-        if keep_guard:
+        guard.execute("SELECT pg_advisory_unlock(%s)", (DECISION_LOCK_KEY,))
+        if load.joined_run is not None:
+            load.joined = connect
+        elif load.initial:
+            keep_guard = True
             load.guard = guard
         return load
     finally:
@@ -153,6 +173,8 @@ def _decide(guard: psycopg.Connection, source_id: str, run_id: str, requested: s
         load_id, owner, owner_run, status, dropped = unfinished
         if not _try_lock(guard):
             why = f"an initial load of {owner} (run {owner_run}) is running"
+            if requested != LIVE and owner == source_id and status == "LOADING":
+                return _join(guard, source_id, run_id, requested, owner_run)
             if requested == INITIAL:
                 raise LoadModeRefused(f"LOAD_MODE=initial refused: {why}; wait for it to end")
             return _record_live(guard, source_id, run_id, requested, f"{why}: posted after it")
@@ -241,6 +263,42 @@ def _initial_if_safe(
     return Load(requested, INITIAL, reason, load_id, None, prior, indexes)
 
 
+def _join(
+    guard: psycopg.Connection, source_id: str, run_id: str, requested: str, owner_run: str
+) -> Load:
+    """Another run of this source owns a running initial load (runs of one backfill started
+    together): post as it does, beside it, rather than wait for it to end."""
+    reason = f"joined the initial load of run {owner_run}, which builds the indexes"
+    row = _row(source_id, run_id, requested, INITIAL, reason, "DONE", [])
+    load_id = one_row(guard.execute(query("loads/record"), row))[0]
+    return Load(
+        requested,
+        INITIAL,
+        reason,
+        load_id,
+        prior_partitions=_source_partitions(guard, source_id),
+        joined_run=owner_run,
+    )
+
+
+def _drift(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    """Every account whose balance differs from its entries: (account, entries' sum, stored)."""
+    with conn.cursor(row_factory=named_row) as cur:
+        return [
+            (r.account_id, str(r.expected_balance), str(r.actual_balance))
+            for r in cur.execute(query("reconcile/balance_drift")).fetchall()
+        ]
+
+
+def _record_validation(
+    conn: psycopg.Connection, load_id: int, drift: list[tuple[str, str, str]]
+) -> None:
+    conn.execute(
+        query("loads/balances_validated"), {"id": load_id, "accounts_with_drift": len(drift)}
+    )
+    conn.commit()
+
+
 def rebuild(guard: psycopg.Connection, load_id: int) -> tuple[float, list[tuple[str, str, str]]]:
     """Build every index the load dropped (one statement each, so a build killed half-way is
     redone whole), refresh the planner's statistics, then check every balance against its
@@ -260,14 +318,8 @@ def rebuild(guard: psycopg.Connection, load_id: int) -> tuple[float, list[tuple[
     guard.execute("ANALYZE dual_ledger_outbox")
     seconds = time.perf_counter() - started
     guard.execute(query("loads/set_status"), _status(load_id, "DONE", seconds))
-    with guard.cursor(row_factory=named_row) as cur:
-        drift = [
-            (r.account_id, str(r.expected_balance), str(r.actual_balance))
-            for r in cur.execute(query("reconcile/balance_drift")).fetchall()
-        ]
-    guard.execute(
-        query("loads/balances_validated"), {"id": load_id, "accounts_with_drift": len(drift)}
-    )
+    drift = _drift(guard)
+    _record_validation(guard, load_id, drift)
     log.info(
         "initial load: %d index(es) built in %.1f s; %d account(s) differ from their entries",
         len(dropped),
@@ -281,7 +333,7 @@ def rebuild_unfinished(connect: Callable[[], psycopg.Connection]) -> str:
     """`ledger-backfill rebuild-indexes`: finish an initial load whose process is gone."""
     with connect() as guard:
         guard.autocommit = True
-        end_with_its_client(guard)
+        _set_up_guard(guard)
         unfinished = guard.execute(query("loads/unfinished")).fetchone()
         if unfinished is None:
             return "no initial load is unfinished: every index is in place"
@@ -346,6 +398,16 @@ def _row(
 
 def _status(load_id: int, status: str, seconds: float | None = None) -> dict[str, Any]:
     return {"id": load_id, "status": status, "rebuild_seconds": seconds}
+
+
+def _set_up_guard(guard: psycopg.Connection) -> None:
+    """The load's own session: it ends with its client (a killed load's lock must not outlive
+    it), but never on the server's idle or statement timeouts, which would release the lock in
+    the middle of a long load or cancel an index build."""
+    end_with_its_client(guard)
+    guard.execute("SELECT set_config('statement_timeout', '0', false)")
+    if guard.info.server_version >= 140000:
+        guard.execute("SELECT set_config('idle_session_timeout', '0', false)")
 
 
 def _try_lock(guard: psycopg.Connection) -> bool:

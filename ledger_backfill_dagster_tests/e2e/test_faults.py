@@ -563,6 +563,11 @@ def test_four_concurrent_runs_share_hot_accounts_without_deadlock_or_lost_update
         "SELECT max(started_at) < min(completed_at) FROM ledger_backfill_checkpoints"
     ).fetchone()[0]
     assert overlap, "the four partitions did not post at the same time"
+    # Into an empty ledger (LOAD_MODE auto) the first run began an initial load and the other
+    # three joined it rather than wait for it (ledger/load_mode.py).
+    loads = conn.execute("SELECT mode, reason FROM ledger_backfill_loads ORDER BY id").fetchall()
+    assert [mode for mode, _ in loads] == ["initial"] * 4, "\n".join(map(str, loads))
+    assert sum(reason.startswith("joined the initial load") for _, reason in loads) == 3
     deadlocks = sum(bf.output().count("DeadlockDetected") for bf in runs)
     retries = sum(bf.output().count("transient database error") for bf in runs)
     print(f"\n4 concurrent runs: {deadlocks} deadlocks retried, {retries} transient retries")

@@ -159,9 +159,13 @@ def posted_batches(
         load.finish()
     if load.initial:
         drift = load.drift or []
+        built = (
+            f"run {load.joined_run} builds the indexes"
+            if load.joined_run
+            else f"{len(load.dropped)} index(es) built in {load.rebuild_seconds or 0:.1f} s"
+        )
         context.log.info(
-            f"initial load: {len(load.dropped)} index(es) built in {load.rebuild_seconds:.1f} s, "
-            f"then every balance checked against its entries: {len(drift)} differ"
+            f"initial load: {built}; every balance checked against its entries: {len(drift)} differ"
         )
         if drift:
             error = BalanceDriftError(f"{s.keys[0]}..{s.keys[-1]} (initial load)", drift)
