@@ -35,6 +35,7 @@ class Checkpoint:
     total_rejected: int
     batches_committed: int
     plan_digest: str | None
+    fresh: bool = False  # created by this opening: no run had opened the partition before
 
 
 def open_checkpoint(
@@ -60,6 +61,7 @@ def open_checkpoint(
         cur.execute(query("checkpoints/create"), key)
         row = one_row(cur.execute(query("checkpoints/lock"), key))
         same_plan = row["plan_digest"] == plan_digest
+        fresh = row["plan_digest"] is None
         if row["status"] == COMPLETED and same_plan and not force_redo:
             return _checkpoint(row), True
         restart = not same_plan or row["status"] == COMPLETED
@@ -77,7 +79,9 @@ def open_checkpoint(
         updated = one_row(cur)
         if restart:
             _clear_outcomes(cur, source_id, [partition_key])
-        return _checkpoint(updated), False
+        opened = _checkpoint(updated)
+        opened.fresh = fresh
+        return opened, False
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,7 @@ class GroupPoster:
         params = poster._batch_params()
         with conn.transaction(), conn.cursor(row_factory=named_row) as cur:
             poster._stage(cur, _Batch(frame, table))
-            poster._recognise_known_rows(cur, params, [m.plan.partition_key for m in members])
+            poster._recognise_known_rows(cur, params)
             inserted = poster._insert_entries(cur, params)
             poster._lock_accounts(cur, frame)
             poster._move_balances(cur, 1, inserted)

@@ -57,7 +57,8 @@ LOAD_MODES = ("auto", "live", "initial")
 DECISION_LOCK_KEY = LOAD_LOCK_KEY + 1  # held while a run decides its mode
 LIVE, INITIAL = "live", "initial"
 # Settings of the session that builds the indexes again (PostgreSQL's advice for bulk loads):
-# sorts in memory, and one parallel worker beside the leader on this 2-core class of machine.
+# sorts in memory, and up to two parallel workers beside the leader (the server's
+# max_worker_processes still caps them).
 BUILD_SETTINGS = {"maintenance_work_mem": "512MB", "max_parallel_maintenance_workers": "2"}
 _CREATE_INDEX = re.compile(r"^CREATE INDEX (?!IF NOT EXISTS)", re.IGNORECASE)
 
@@ -148,9 +149,9 @@ def begin(
         )
     guard = connect()
     guard.autocommit = True
-    _set_up_guard(guard)
     keep_guard = False
     try:
+        _set_up_guard(guard)
         # One decision at a time: runs starting together see each other's load once decided,
         # so runs of one backfill join its initial load instead of waiting for it to end.
         guard.execute("SELECT pg_advisory_lock(%s)", (DECISION_LOCK_KEY,))
@@ -170,14 +171,25 @@ def begin(
 def _decide(guard: psycopg.Connection, source_id: str, run_id: str, requested: str) -> Load:
     unfinished = guard.execute(query("loads/unfinished")).fetchone()
     if unfinished is not None:
-        load_id, owner, owner_run, status, dropped = unfinished
         if not _try_lock(guard):
-            why = f"an initial load of {owner} (run {owner_run}) is running"
-            if requested != LIVE and owner == source_id and status == "LOADING":
-                return _join(guard, source_id, run_id, requested, owner_run)
-            if requested == INITIAL:
-                raise LoadModeRefused(f"LOAD_MODE=initial refused: {why}; wait for it to end")
-            return _record_live(guard, source_id, run_id, requested, f"{why}: posted after it")
+            if _owner_alive(guard):
+                _, owner, owner_run, status, _ = unfinished
+                why = f"an initial load of {owner} (run {owner_run}) is running"
+                if requested != LIVE and owner == source_id and status == "LOADING":
+                    return _join(guard, source_id, run_id, requested, owner_run)
+                if requested == INITIAL:
+                    raise LoadModeRefused(f"LOAD_MODE=initial refused: {why}; wait for it to end")
+                return _record_live(guard, source_id, run_id, requested, f"{why}: posted after it")
+            # Its owner died, but live runs that waited for it now hold the lock shared: wait
+            # for them (runs asking later queue behind this request), then finish the load.
+            log.warning("an initial load's run died while live runs waited: waiting to finish it")
+            guard.execute("SELECT pg_advisory_lock(%s)", (LOAD_LOCK_KEY,))
+        # Read again now that the lock is held: its owner may have finished in between.
+        unfinished = guard.execute(query("loads/unfinished")).fetchone()
+        if unfinished is None:
+            _unlock(guard)
+    if unfinished is not None:
+        load_id, owner, owner_run, status, dropped = unfinished
         if requested != LIVE and owner == source_id and status == "LOADING":
             guard.execute(query("loads/resume"), {"id": load_id, "run_id": run_id})
             log.warning("continuing the initial load of run %s, killed before it ended", owner_run)
@@ -317,9 +329,10 @@ def rebuild(guard: psycopg.Connection, load_id: int) -> tuple[float, list[tuple[
     guard.execute("ANALYZE ledger_entries")
     guard.execute("ANALYZE dual_ledger_outbox")
     seconds = time.perf_counter() - started
-    guard.execute(query("loads/set_status"), _status(load_id, "DONE", seconds))
+    # Validated before DONE: a load killed in between is validated by whoever finishes it.
     drift = _drift(guard)
     _record_validation(guard, load_id, drift)
+    guard.execute(query("loads/set_status"), _status(load_id, "DONE", seconds))
     log.info(
         "initial load: %d index(es) built in %.1f s; %d account(s) differ from their entries",
         len(dropped),
@@ -405,9 +418,24 @@ def _set_up_guard(guard: psycopg.Connection) -> None:
     it), but never on the server's idle or statement timeouts, which would release the lock in
     the middle of a long load or cancel an index build."""
     end_with_its_client(guard)
-    guard.execute("SELECT set_config('statement_timeout', '0', false)")
+    for name, value in (
+        ("statement_timeout", "0"),
+        ("lock_timeout", "0"),
+        # A lost host (not only a killed process) ends the session, and its lock, in ~1 min.
+        ("tcp_keepalives_idle", "30"),
+        ("tcp_keepalives_interval", "10"),
+        ("tcp_keepalives_count", "3"),
+    ):
+        guard.execute("SELECT set_config(%s, %s, false)", (name, value))
     if guard.info.server_version >= 140000:
         guard.execute("SELECT set_config('idle_session_timeout', '0', false)")
+
+
+def _owner_alive(guard: psycopg.Connection) -> bool:
+    """Does another session hold the load lock exclusively (a running initial load), rather
+    than only shared (live posting sessions)?"""
+    found = guard.execute(query("loads/owner_alive"), {"key": LOAD_LOCK_KEY})
+    return bool(one_row(found)[0])
 
 
 def _try_lock(guard: psycopg.Connection) -> bool:

@@ -87,8 +87,9 @@ class PostingOptions:
     # server notices the client is gone (client_connection_check_interval, below).
     partition_lock_wait_seconds: float = 30.0
     # LOAD_MODE=initial (ledger/load_mode.py): the ledger holds no entry without a source row key,
-    # and this source has entries only in `prior_partitions`, so the scans that look for legacy
-    # and vanished entries (whose indexes the load dropped) are needed only there.
+    # and this source had entries only in `prior_partitions` when the load began, so the scans
+    # for legacy entries and (in partitions no run has opened since) vanished ones, whose indexes
+    # the load dropped, are not needed.
     initial_load: bool = False
     prior_partitions: frozenset[str] = frozenset()
 
@@ -251,7 +252,12 @@ def _keep_out_of_initial_load(conn: psycopg.Connection) -> None:
     taken = conn.execute("SELECT pg_try_advisory_lock_shared(%s)", (LOAD_LOCK_KEY,)).fetchone()
     if not (taken and taken[0]):
         log.warning("an initial load is running (LOAD_MODE=initial): waiting until it ends")
+        # However long the load takes: the server's lock and statement timeouts do not apply.
+        conn.execute("SELECT set_config('lock_timeout', '0', false)")
+        conn.execute("SELECT set_config('statement_timeout', '0', false)")
         conn.execute("SELECT pg_advisory_lock_shared(%s)", (LOAD_LOCK_KEY,))
+        conn.execute("RESET lock_timeout")
+        conn.execute("RESET statement_timeout")
 
 
 def end_with_its_client(conn: psycopg.Connection) -> None:
@@ -590,9 +596,14 @@ class PartitionPoster:
             return []
         if (
             self.options.initial_load
+            and self.checkpoint is not None
+            and self.checkpoint.fresh
             and self.plan.partition_key not in self.options.prior_partitions
         ):
-            return []  # nothing of this source in this partition before the load: none vanished
+            # This source had nothing in this partition when the load began, and no run has
+            # opened it since (its checkpoint is new): nothing of it can have vanished. The
+            # lineage index this query needs is one the load dropped.
+            return []
         with conn.cursor(row_factory=named_row) as cur:
             rows = cur.execute(
                 query("posting/vanished_entries"),
@@ -695,14 +706,12 @@ class PartitionPoster:
         with cur.copy(_COPY_STAGE) as copy:
             copy.write(_csv_bytes(pending.table))
 
-    def _recognise_known_rows(
-        self, cur: psycopg.Cursor[Any], params: dict[str, str], keys: list[str] | None = None
-    ) -> None:
+    def _recognise_known_rows(self, cur: psycopg.Cursor[Any], params: dict[str, str]) -> None:
         """Before anything is inserted: point each staged row this source already posted at its
-        entry, and hold new rows beside entries whose source row vanished. `keys`: the staged
-        partitions (default: this poster's)."""
-        if self._nothing_known(keys or [self.plan.partition_key]):
-            return
+        entry, and hold new rows beside entries whose source row vanished. Never skipped, not
+        even in an initial load: a row known under another reference must drop out of the
+        batch's ranking of references (post_batch.sql), or a new row carrying that reference is
+        neither posted nor classified."""
         if self._unclaimed_legacy:
             cur.execute(
                 query("posting/mark_known_rows"),
@@ -712,15 +721,6 @@ class PartitionPoster:
             cur.execute(query("posting/mark_known_rows_by_key"), params)
         if self._vanished:
             cur.execute(query("posting/hold_new_rows"), {"vanished": self._vanished})
-
-    def _nothing_known(self, keys: list[str]) -> bool:
-        """An initial load's partitions in which this source had no entry when the load began:
-        none of their rows can be known but one a concurrent run or an earlier batch of this load
-        posted, which the insert meets on the source row key's unique index and the
-        classification then looks up again (posting/classify_unposted.sql), with the same
-        outcome. Nothing can have vanished there either."""
-        prior = self.options.prior_partitions
-        return self.options.initial_load and not self._vanished and prior.isdisjoint(keys)
 
     @staticmethod
     def _insert_entries(cur: psycopg.Cursor[Any], params: dict[str, str]) -> Any:

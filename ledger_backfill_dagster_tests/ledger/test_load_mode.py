@@ -7,6 +7,7 @@ build: e2e/test_load_mode_faults.py."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import psycopg
@@ -15,6 +16,7 @@ import pytest
 from ledger_backfill_dagster.ledger import load_mode
 from ledger_backfill_dagster.ledger.posting import LOAD_LOCK_KEY
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
+from ledger_backfill_dagster_tests.support.fault_harness import wait_until
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
     failure_text,
@@ -239,3 +241,60 @@ def test_an_unfinished_load_is_finished_by_the_cli_or_the_next_run(
     assert indexes(conn) >= SECONDARY | UNIQUE
     assert loads(conn)[0][3] == "DONE"
     assert "every index is in place" in load_mode.rebuild_unfinished(db.connect)
+
+
+def test_runs_of_the_same_source_join_a_running_load_others_wait_or_are_refused(
+    deposits: Path, conn: psycopg.Connection, database_url: str
+) -> None:
+    db = LedgerDatabase(database_url=database_url)
+    db.migrate()
+    owner = load_mode.begin(db.connect, "dep", "run-1", "auto")
+    try:
+        joined = load_mode.begin(db.connect, "dep", "run-2", "auto")
+        assert joined.initial and joined.joined_run == "run-1" and joined.guard is None
+        other = load_mode.begin(db.connect, "other", "run-3", "auto")
+        assert other.mode == "live" and "is running" in other.reason
+        with pytest.raises(load_mode.LoadModeRefused, match="is running"):
+            load_mode.begin(db.connect, "other", "run-4", "initial")
+        joined.finish()
+        assert joined.drift == []
+    finally:
+        owner.finish()
+    assert indexes(conn) >= SECONDARY | UNIQUE
+    assert [row[2:4] for row in loads(conn)] == [
+        ("initial", "DONE"),
+        ("initial", "DONE"),
+        ("live", "DONE"),
+    ]
+
+
+def test_a_load_whose_owner_died_while_live_runs_waited_is_finished_after_them(
+    deposits: Path, conn: psycopg.Connection, database_url: str
+) -> None:
+    """The owner is killed; a live session that was waiting now holds the lock shared. The next
+    run waits for it (not joining a load nobody owns), then builds the indexes."""
+    db = LedgerDatabase(database_url=database_url)
+    db.migrate()
+    dead = load_mode.begin(db.connect, "dep", "run-1", "auto")
+    assert dead.guard is not None
+    dead.guard.close()
+    with psycopg.connect(database_url, autocommit=True) as live:
+        live.execute("SELECT pg_advisory_lock_shared(%s)", (LOAD_LOCK_KEY,))
+        decided: dict[str, load_mode.Load] = {}
+        waiter = threading.Thread(
+            target=lambda: decided.update(load=load_mode.begin(db.connect, "dep", "run-2", "live"))
+        )
+        waiter.start()
+        wait_until(
+            lambda: conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'advisory'"
+                " AND query ILIKE '%pg_advisory_lock(%'"
+            ).fetchone(),
+            60,
+            "the next run to wait for the live session",
+        )
+        assert not decided
+    waiter.join(60)
+    assert decided["load"].mode == "live"
+    assert indexes(conn) >= SECONDARY | UNIQUE
+    assert loads(conn)[0][2:4] == ("initial", "DONE")

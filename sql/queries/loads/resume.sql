@@ -4,4 +4,4 @@
 UPDATE ledger_backfill_loads
    SET run_id = %(run_id)s, status = 'LOADING', updated_at = now(),
        reason = reason || '; resumed by run ' || %(run_id)s
- WHERE id = %(id)s
+ WHERE id = %(id)s AND status = 'LOADING'
