@@ -42,6 +42,9 @@ _PLAIN_DECIMAL = re.compile(PLAIN_DECIMAL)
 _DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
+_json_string = json.encoder.encode_basestring  # json.dumps' own encoder (ensure_ascii=False)
+
+
 def _text(values: pd.Series) -> np.ndarray:
     return values.astype("string").fillna("").to_numpy(dtype=object)
 
@@ -76,8 +79,25 @@ class _Number(str):
         return super().__new__(cls, "\u0000n:" + _value(text))
 
 
+def _utc_texts(parsed: pd.Series) -> np.ndarray:
+    """Each instant as `YYYY-MM-DDTHH:MM:SS.ffffff` in UTC (None where there is none): numpy's
+    formatting in C, the same text pandas' strftime gave, which cost a quarter of the
+    transform stage; years outside 1000-9999, which the two write differently, go through
+    strftime as before."""
+    utc = parsed.dt.tz_convert("UTC")
+    values = utc.to_numpy(dtype="datetime64[us]")
+    texts = np.datetime_as_string(values, unit="us").astype(object)
+    texts[np.isnat(values)] = None
+    years = utc.dt.year.to_numpy(dtype="float64", na_value=np.nan)
+    odd = (years < 1000) | (years > 9999)
+    if odd.any():
+        old = utc[odd].dt.strftime("%Y-%m-%dT%H:%M:%S.%f").to_numpy(object)
+        texts[odd] = [t if isinstance(t, str) else None for t in old]
+    return texts
+
+
 def _timestamp_keys(raw: np.ndarray, parsed: pd.Series) -> list[str]:
-    instants = parsed.dt.tz_convert("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S.%f").to_numpy(object)
+    instants = _utc_texts(parsed)
     keys = []
     for text, instant in zip(raw, instants, strict=True):
         text = text.strip()
@@ -105,8 +125,11 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
             _text(staged["timestampUtc"])[rows],
             pd.Series(staged["timestamp_utc"].array[rows]).astype("datetime64[us, UTC]"),
         )
+        # What json.dumps(["ref", ledger, reference, stamp], ensure_ascii=False) writes, built
+        # from its own string encoder: the same text at a quarter of the cost.
         material[rows] = [
-            json.dumps(["ref", ledger[i], reference[i], stamp], ensure_ascii=False)
+            f'["ref", {_json_string(ledger[i])}, {_json_string(reference[i])}, '
+            f"{_json_string(stamp)}]"
             for i, stamp in zip(rows, stamps, strict=True)
         ]
     if (~given).any():
