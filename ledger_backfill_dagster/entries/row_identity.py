@@ -45,6 +45,11 @@ _DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _json_string = json.encoder.encode_basestring  # json.dumps' own encoder (ensure_ascii=False)
 
 
+def _json_list(texts: list[str]) -> str:
+    """json.dumps(texts, ensure_ascii=False) for a list of strings, at a fraction of its cost."""
+    return "[" + ", ".join(map(_json_string, texts)) + "]"
+
+
 def _text(values: pd.Series) -> np.ndarray:
     return values.astype("string").fillna("").to_numpy(dtype=object)
 
@@ -125,11 +130,8 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
             _text(staged["timestampUtc"])[rows],
             pd.Series(staged["timestamp_utc"].array[rows]).astype("datetime64[us, UTC]"),
         )
-        # What json.dumps(["ref", ledger, reference, stamp], ensure_ascii=False) writes, built
-        # from its own string encoder: the same text at a quarter of the cost.
         material[rows] = [
-            f'["ref", {_json_string(ledger[i])}, {_json_string(reference[i])}, '
-            f"{_json_string(stamp)}]"
+            _json_list(["ref", ledger[i], reference[i], stamp])
             for i, stamp in zip(rows, stamps, strict=True)
         ]
     if (~given).any():
@@ -151,7 +153,7 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
             pd.Series(staged["timestamp_utc"].array[rows]).astype("datetime64[us, UTC]"),
         )
         material[rows] = [
-            json.dumps(
+            _json_list(
                 [
                     "row",
                     ledger[i],
@@ -165,8 +167,7 @@ def source_row_keys(staged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
                     _value(columns["fx"][i].strip()),
                     _json_key(columns["metadata"][i]),
                     _json_key(columns["extra"][i]),
-                ],
-                ensure_ascii=False,
+                ]
             )
             for i, time in zip(rows, times, strict=True)
         ]
