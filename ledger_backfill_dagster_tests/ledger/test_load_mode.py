@@ -16,7 +16,7 @@ import pytest
 from ledger_backfill_dagster.ledger import load_mode
 from ledger_backfill_dagster.ledger.posting import LOAD_LOCK_KEY
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
-from ledger_backfill_dagster_tests.support.fault_harness import wait_until
+from ledger_backfill_dagster_tests.support.fault_harness import ledger_backfill, wait_until
 from ledger_backfill_dagster_tests.support.helpers import (
     assert_ledger_invariants,
     failure_text,
@@ -227,7 +227,7 @@ def test_a_balance_moved_during_an_initial_load_fails_the_run_after_the_build(
 
 
 def test_an_unfinished_load_is_finished_by_the_cli_or_the_next_run(
-    deposits: Path, conn: psycopg.Connection, database_url: str
+    deposits: Path, conn: psycopg.Connection, database_url: str, backfill_env: dict[str, str]
 ) -> None:
     """The control row alone (as a SIGKILL leaves it) is enough to build the indexes again."""
     db = LedgerDatabase(database_url=database_url)
@@ -237,7 +237,8 @@ def test_an_unfinished_load_is_finished_by_the_cli_or_the_next_run(
     assert load.guard is not None
     load.guard.close()  # the process died: its lock goes with its session
     assert loads(conn)[0][3] == "LOADING"
-    assert "built the indexes" in load_mode.rebuild_unfinished(db.connect)
+    printed = ledger_backfill(backfill_env, "rebuild-indexes")  # the command, as a user runs it
+    assert "built the indexes of the initial load of dep (run run-1)" in printed
     assert indexes(conn) >= SECONDARY | UNIQUE
     assert loads(conn)[0][3] == "DONE"
     assert "every index is in place" in load_mode.rebuild_unfinished(db.connect)
