@@ -32,9 +32,6 @@ from psycopg import errors as pgerrors
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from ledger_backfill_dagster.entries.validation import POSTABLE_COLUMNS
@@ -50,7 +47,7 @@ from ledger_backfill_dagster.ledger.errors import (
 )
 from ledger_backfill_dagster.ledger.rejects import record_refused_row
 from ledger_backfill_dagster.ledger.rollback import reinstate_reversed
-from ledger_backfill_dagster.lib.errors import is_transient
+from ledger_backfill_dagster.lib.errors import transient_retrying as lib_transient_retrying
 from ledger_backfill_dagster.lib.rows import named_row, one_row
 from ledger_backfill_dagster.lib.sql_files import query
 
@@ -221,17 +218,8 @@ def partition_lock_key(plan: PartitionPlan) -> str:
 def transient_retrying(
     options: PostingOptions, before_sleep: Callable[[RetryCallState], None]
 ) -> Retrying:
-    """MAX_RETRIES more attempts after a transient database error, with exponential backoff
-    from RETRY_DELAY; `before_sleep` closes what the failed attempt held. Anything else, or the
-    last failure, is raised."""
-    delay = options.retry_delay_ms / 1000
-    return Retrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(options.max_retries + 1),
-        wait=wait_exponential_jitter(initial=delay, max=max(delay * 16, 1), jitter=delay / 2),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    """lib.errors.transient_retrying with the run's MAX_RETRIES and RETRY_DELAY."""
+    return lib_transient_retrying(options.max_retries, options.retry_delay_ms, before_sleep)
 
 
 def pause_requested(run_started: datetime, source_id: str) -> PauseProbe:

@@ -8,8 +8,17 @@ terminal failure stops at once, naming the row, file or setting it concerns. A f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 from psycopg import errors as pgerrors
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 
 class BackfillError(Exception):
@@ -61,3 +70,20 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, pgerrors.SerializationFailure | pgerrors.DeadlockDetected):
         return True
     return getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
+def transient_retrying(
+    max_retries: int, retry_delay_ms: int, before_sleep: Callable[[RetryCallState], None]
+) -> Retrying:
+    """The one retry policy for database work (posting, the DATABASE source): `max_retries`
+    more attempts after a transient error, with exponential backoff from `retry_delay_ms`;
+    `before_sleep` notes the retry and closes what the failed attempt held. Anything else, or
+    the last failure, is raised."""
+    delay = retry_delay_ms / 1000
+    return Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(max_retries + 1),
+        wait=wait_exponential_jitter(initial=delay, max=max(delay * 16, 1), jitter=delay / 2),
+        before_sleep=before_sleep,
+        reraise=True,
+    )

@@ -56,9 +56,6 @@ from psycopg import sql
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from ledger_backfill_dagster.entries.fields import raw_fields
@@ -67,7 +64,12 @@ from ledger_backfill_dagster.entries.timestamps import (
     LATER_THAN_RUN_START,
     parse_utc,
 )
-from ledger_backfill_dagster.lib.errors import InputError, SettingsError, is_transient
+from ledger_backfill_dagster.lib.errors import (
+    InputError,
+    SettingsError,
+    is_transient,
+    transient_retrying,
+)
 from ledger_backfill_dagster.lib.http_client import SourceUnavailableError
 from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.lib.rows import one_row
@@ -288,8 +290,6 @@ class DatabaseSource(SourceReader):
         )
 
     def _retrying(self) -> Retrying:
-        delay = self.retry_delay_ms / 1000
-
         def note(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning(
@@ -299,13 +299,7 @@ class DatabaseSource(SourceReader):
                 type(exc).__name__,
             )
 
-        return Retrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=wait_exponential_jitter(initial=delay, max=max(delay * 16, 1), jitter=delay / 2),
-            before_sleep=note,
-            reraise=True,
-        )
+        return transient_retrying(self.max_retries, self.retry_delay_ms, note)
 
     # -- extraction ---------------------------------------------------------------------------
     def extract(self, partition_keys: list[str], staging_root: Path) -> ExtractResult:
