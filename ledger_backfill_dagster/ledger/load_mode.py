@@ -254,12 +254,9 @@ def _initial_if_safe(
                 {"name": r.name, "definition": r.definition}
                 for r in cur.execute(query("loads/secondary_indexes")).fetchall()
             ]
-            load_id = one_row(
-                cur.execute(
-                    query("loads/record"),
-                    _row(source_id, run_id, requested, INITIAL, reason, "LOADING", indexes),
-                )
-            ).id
+            load_id = _record(
+                guard, source_id, run_id, requested, INITIAL, reason, "LOADING", indexes
+            )
             for index in indexes:
                 cur.execute(f'DROP INDEX IF EXISTS "{index["name"]}"')
     except pgerrors.InsufficientPrivilege:
@@ -281,8 +278,7 @@ def _join(
     """Another run of this source owns a running initial load (runs of one backfill started
     together): post as it does, beside it, rather than wait for it to end."""
     reason = f"joined the initial load of run {owner_run}, which builds the indexes"
-    row = _row(source_id, run_id, requested, INITIAL, reason, "DONE", [])
-    load_id = one_row(guard.execute(query("loads/record"), row))[0]
+    load_id = _record(guard, source_id, run_id, requested, INITIAL, reason, "DONE")
     return Load(
         requested,
         INITIAL,
@@ -384,29 +380,34 @@ def _refuse_or_live(
 def _record_live(
     guard: psycopg.Connection, source_id: str, run_id: str, requested: str, reason: str
 ) -> Load:
-    row = _row(source_id, run_id, requested, LIVE, reason, "DONE", [])
-    load_id = one_row(guard.execute(query("loads/record"), row))[0]
+    load_id = _record(guard, source_id, run_id, requested, LIVE, reason, "DONE")
     return Load(requested, LIVE, reason, load_id)
 
 
-def _row(
+def _record(
+    guard: psycopg.Connection,
     source_id: str,
     run_id: str,
     requested: str,
     mode: str,
     reason: str,
     status: str,
-    dropped: list[dict[str, str]],
-) -> dict[str, Any]:
-    return {
-        "source_id": source_id,
-        "run_id": run_id,
-        "requested_mode": requested,
-        "mode": mode,
-        "reason": reason,
-        "status": status,
-        "dropped_indexes": Jsonb(dropped),
-    }
+    dropped: list[dict[str, str]] | None = None,
+) -> int:
+    """Record a run's load mode (loads/record.sql); returns the row's id."""
+    row = guard.execute(
+        query("loads/record"),
+        {
+            "source_id": source_id,
+            "run_id": run_id,
+            "requested_mode": requested,
+            "mode": mode,
+            "reason": reason,
+            "status": status,
+            "dropped_indexes": Jsonb(dropped or []),
+        },
+    )
+    return int(one_row(row)[0])
 
 
 def _status(load_id: int, status: str, seconds: float | None = None) -> dict[str, Any]:
