@@ -1,7 +1,9 @@
 """2. The COPY floor: the same rows COPYed into `ledger_entries` as migrated, with their outbox rows
 into `dual_ledger_outbox` as migrated (what posting writes: issue 15's live floor), without its
 foreign keys, without its non-unique indexes, into a bare table, and with psycopg's binary
-COPY."""
+COPY. Also the floor of an initial load: both tables COPYed with only their primary and unique
+indexes, then the dropped indexes built as `LOAD_MODE=initial` builds them; no posting of any
+kind can do an initial load faster on this server."""
 
 from __future__ import annotations
 
@@ -205,6 +207,38 @@ def strip_ledger_table(url: str, indexes: bool) -> list[str]:
     return dropped
 
 
+def timed_initial_load_floor(url: str, columns: list[str], payload: bytes, table: pa.Table) -> dict:
+    """What an initial load cannot avoid, and nothing else: the entries and their outbox rows
+    COPYed into both tables with only their primary and unique indexes (one transaction), then
+    the indexes `LOAD_MODE=initial` drops built again with its settings, and both tables
+    analysed (ledger/load_mode.py: rebuild). No staging, classification, balance or checkpoint."""
+    from ledger_backfill_dagster.ledger.load_mode import BUILD_SETTINGS
+    from ledger_backfill_dagster.lib.sql_files import query
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        dropped = conn.execute(query("loads/secondary_indexes")).fetchall()
+        for name, _ in dropped:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
+    copy_seconds = timed_copy_with_outbox(url, columns, payload, table)
+    with psycopg.connect(url, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        for name, value in BUILD_SETTINGS.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        for _, definition in dropped:
+            conn.execute(definition)
+        conn.execute("ANALYZE ledger_entries")
+        conn.execute("ANALYZE dual_ledger_outbox")
+        build_seconds = time.perf_counter() - t0
+    seconds = copy_seconds + build_seconds
+    return {
+        "seconds": seconds,
+        "copy_seconds": copy_seconds,
+        "build_seconds": build_seconds,
+        "indexes": len(dropped),
+        "rate": rate(table.num_rows, seconds),
+    }
+
+
 def bench_copy(server: Server, data: Dataset, binary: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
 
@@ -249,6 +283,15 @@ def bench_copy(server: Server, data: Dataset, binary: bool) -> dict[str, Any]:
             f"  COPY (csv) into ledger_entries without {', '.join(dropped) or 'nothing'}: "
             f"{seconds:.2f} s = {fmt_rate(results[f'ledger_{label}']['rate'])}"
         )
+
+    with server.database("copyinitial") as url:
+        prepare_ledger(url, data.accounts_file)
+        results["initial_floor"] = floor = timed_initial_load_floor(url, names, payload, table)
+    say(
+        f"  floor of an initial load: COPY into both tables with only PK + unique "
+        f"{floor['copy_seconds']:.2f} s, then {floor['indexes']} indexes built "
+        f"{floor['build_seconds']:.2f} s: {floor['seconds']:.2f} s = {fmt_rate(floor['rate'])}"
+    )
 
     with server.database("copybare") as url:
         with psycopg.connect(url) as conn:

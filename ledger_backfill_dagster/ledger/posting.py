@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import pandas as pd
@@ -29,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import errors as pgerrors
+from psycopg import sql
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -340,17 +342,26 @@ class _Batch:
 
 
 # The one statement built in code: its column list is the entry contract's (POSTABLE_COLUMNS) after
-# the partition's key, in the order the batch's CSV carries them.
-STAGE_COLUMNS = ("partition_key", *POSTABLE_COLUMNS)
+# the partition's key, then whether the row's reference repeats, in the order the batch's CSV
+# carries them.
+STAGE_COLUMNS = ("partition_key", *POSTABLE_COLUMNS, "reference_repeats")
 _COPY_STAGE = "COPY post_stage (" + ", ".join(STAGE_COLUMNS) + ") FROM STDIN (FORMAT csv)"
+# posting/post_batch.sql's conflict clause: none first (a plain INSERT in a savepoint), then, if a
+# unique key was met, ON CONFLICT DO NOTHING on either unique key: (ledger_id, reference_id), or
+# (source, source_row_key) should a concurrent run have posted the same source row.
+_CONFLICT_CLAUSE = {False: "", True: "ON CONFLICT DO NOTHING"}
 
 
 def stage_table(entries: pd.DataFrame, partition_keys: str | pa.Array) -> pa.Table:
     """Entries as the batch's CSV carries them (STAGE_COLUMNS): a partition's, with its key, or
-    a group's, with each row's partition key."""
+    a group's, with each row's partition key. `reference_repeats` marks every row whose
+    (ledger_id, reference_id) another row of these entries carries: only those are ranked by
+    posting/post_batch.sql (a batch, being a slice, repeats no more than the whole)."""
     table = pa.Table.from_pandas(entries[POSTABLE_COLUMNS], preserve_index=False)
     if isinstance(partition_keys, str):
         partition_keys = pc.fill_null(pa.nulls(len(table), pa.string()), partition_keys)
+    repeats = entries.duplicated(["ledger_id", "reference_id"], keep=False).to_numpy()
+    table = table.append_column("reference_repeats", pa.array(repeats, pa.bool_()))
     return table.add_column(0, "partition_key", partition_keys)
 
 
@@ -416,6 +427,7 @@ class PartitionPoster:
         self._vanished: list[int] = []
         # Entries from before source row keys that a row on their old line may have posted
         self._unclaimed_legacy: list[int] = []
+        self._plain_insert = True  # until a batch meets a unique key (_insert_entries)
 
     # -- connection ---------------------------------------------------------------------------
     def _lock_key(self) -> str:
@@ -710,12 +722,22 @@ class PartitionPoster:
         if self._vanished:
             cur.execute(query("posting/hold_new_rows"), {"vanished": self._vanished})
 
-    @staticmethod
-    def _insert_entries(cur: psycopg.Cursor[Any], params: dict[str, str]) -> Any:
+    def _insert_entries(self, cur: psycopg.Cursor[Any], params: dict[str, str]) -> Any:
         """Insert the batch set-based: entries, their outbox rows, and the staged rows marked
-        posted. The row's `posted`, `outbox_rows` and `marked` count each."""
-        inserted = one_row(cur.execute(query("posting/post_batch"), params))
-        return inserted
+        posted. The row's `posted`, `outbox_rows` and `marked` count each.
+
+        A plain INSERT first, in a savepoint: rows this source already posted are out of the
+        batch (`_recognise_known_rows`), so on a backfill only a duplicate or conflicting
+        reference, or a concurrent run's row, meets a unique key. Then the savepoint is rolled
+        back and the batch inserted again skipping those rows, which are classified after; the
+        rest of the partition's batches skip them from the start."""
+        if self._plain_insert:
+            try:
+                with cur.connection.transaction():
+                    return one_row(cur.execute(_post_batch(skip_conflicts=False), params))
+            except pgerrors.UniqueViolation:
+                self._plain_insert = False
+        return one_row(cur.execute(_post_batch(skip_conflicts=True), params))
 
     def _lock_accounts(self, cur: psycopg.Cursor[Any], batch: pd.DataFrame) -> set[str]:
         """Lock every account the batch touches, in ascending id order; an account the ledger
@@ -945,6 +967,12 @@ class PartitionPoster:
                 )
         except psycopg.Error:
             log.exception("could not record checkpoint status %s", status)
+
+
+@cache
+def _post_batch(skip_conflicts: bool) -> sql.Composed:
+    clause = sql.SQL(_CONFLICT_CLAUSE[skip_conflicts])
+    return sql.SQL(query("posting/post_batch")).format(conflict_clause=clause)
 
 
 def _csv_bytes(table: pa.Table) -> bytes:

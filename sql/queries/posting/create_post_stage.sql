@@ -22,6 +22,7 @@ CREATE TEMP TABLE IF NOT EXISTS post_stage (
     source_row_key        TEXT NOT NULL,
     source_row_occurrence INTEGER NOT NULL,
     reference_generated   BOOLEAN NOT NULL,
+    reference_repeats     BOOLEAN NOT NULL,  -- another staged row carries its (ledger_id, reference_id)
     entry_id              BIGINT,
     known_entry_id        BIGINT,  -- the entry this source row already posted (any form)
     held_against          BIGINT   -- a vanished entry this new row may replace: held

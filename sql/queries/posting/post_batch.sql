@@ -1,18 +1,31 @@
 -- posting/post_batch.sql
 -- Post the staged batch set-based, in one statement: insert the first occurrence of each
--- (ledger_id, reference_id) (the earliest partition's, then the earliest source row's) unless the ledger already holds it or its source row
--- (mark_known_rows.sql), or it is held (hold_new_rows.sql), write one outbox row per entry,
--- and mark which staged rows were posted (post_stage.entry_id). The balances move afterwards in
--- the same transaction (lock_batch_accounts.sql, then apply_batch_balances.sql): the accounts are
--- locked only for the short end of the batch, so concurrent partitions insert in parallel.
--- Rows not inserted are classified by classify_unposted.sql in a second statement, whose fresh
--- snapshot also sees entries a concurrent batch committed while this one waited on ON CONFLICT.
-WITH staged AS (
-    SELECT s.*,
-           row_number() OVER (PARTITION BY s.ledger_id, s.reference_id
-                              ORDER BY s.partition_key, s.source_row_id) AS occurrence
-      FROM post_stage s
-     WHERE s.known_entry_id IS NULL AND s.held_against IS NULL
+-- (ledger_id, reference_id) (the earliest partition's, then the earliest source row's) unless the
+-- ledger already holds it or its source row (mark_known_rows.sql), or it is held
+-- (hold_new_rows.sql), write one outbox row per entry, and mark which staged rows were posted
+-- (post_stage.entry_id). The balances move afterwards in the same transaction
+-- (lock_batch_accounts.sql, then apply_batch_balances.sql): the accounts are locked only for the
+-- short end of the batch, so concurrent partitions insert in parallel. Rows not inserted are
+-- classified by classify_unposted.sql in a second statement, whose fresh snapshot also sees
+-- entries a concurrent batch committed while this one waited.
+--
+-- The conflict clause below is filled in by posting.py (PartitionPoster._insert_entries): first none,
+-- a plain INSERT inside a savepoint, since speculative insertion against three unique indexes
+-- cost a fifth of the statement; if a unique key is met (the ledger already holds a reference,
+-- or a concurrent run posted the same source row), the savepoint is rolled back and the batch
+-- inserted again with ON CONFLICT DO NOTHING, which skips those rows for classification.
+-- Only rows whose reference repeats in the batch (post_stage.reference_repeats, set before the
+-- COPY) are ranked: the sort of the wide rows cost as much again on batches without repeats.
+WITH candidates AS (
+    SELECT s.* FROM post_stage s WHERE s.known_entry_id IS NULL AND s.held_against IS NULL
+),
+staged AS (
+    SELECT c.*, 1::BIGINT AS occurrence FROM candidates c WHERE NOT c.reference_repeats
+    UNION ALL
+    SELECT c.*, row_number() OVER (PARTITION BY c.ledger_id, c.reference_id
+                                   ORDER BY c.partition_key, c.source_row_id)
+      FROM candidates c
+     WHERE c.reference_repeats
 ),
 inserted AS (
     INSERT INTO ledger_entries (
@@ -30,9 +43,7 @@ inserted AS (
       FROM staged
      WHERE occurrence = 1
      ORDER BY partition_key, source_row_id
-    -- Either unique key: (ledger_id, reference_id), or (source, source_row_key) should a
-    -- concurrent run have posted the same source row since mark_known_rows.sql looked.
-        ON CONFLICT DO NOTHING
+    {conflict_clause}
     RETURNING id, ledger_id, reference_id, source_row_id,
               debit_account_id, credit_account_id, amount, credit_amount
 ),
