@@ -110,13 +110,15 @@ def timed_copy(url: str, target: str, columns: list[str], payload: bytes) -> flo
         return time.perf_counter() - t0
 
 
-def timed_copy_with_outbox(url: str, columns: list[str], payload: bytes, table: pa.Table) -> float:
-    """The entries, then one outbox row each (the ids a fresh identity gives them), in one
-    transaction, as a batch of posting writes both tables."""
+def timed_copy_with_outbox(
+    url: str, columns: list[str], payload: bytes, table: pa.Table, first: int = 0
+) -> float:
+    """The entries, then one outbox row each (the ids a fresh identity gives them; `first` rows
+    come before these), in one transaction, as a batch of posting writes both tables."""
     n = table.num_rows
     outbox = pa.table(
         {
-            "ledger_entry_id": pa.array(range(1, n + 1), pa.int64()),
+            "ledger_entry_id": pa.array(range(first + 1, first + n + 1), pa.int64()),
             "ledger_id": table["ledger_id"],
             "reference_id": table["reference_id"],
         }
@@ -207,11 +209,17 @@ def strip_ledger_table(url: str, indexes: bool) -> list[str]:
     return dropped
 
 
-def timed_initial_load_floor(url: str, columns: list[str], payload: bytes, table: pa.Table) -> dict:
+def timed_initial_load_floor(
+    url: str, columns: list[str], table: pa.Table, sessions: int = 1
+) -> dict:
     """What an initial load cannot avoid, and nothing else: the entries and their outbox rows
     COPYed into both tables with only their primary and unique indexes (one transaction), then
     the indexes `LOAD_MODE=initial` drops built again with its settings, and both tables
-    analysed (ledger/load_mode.py: rebuild). No staging, classification, balance or checkpoint."""
+    analysed (ledger/load_mode.py: rebuild). No staging, classification, balance or checkpoint.
+    With `sessions` > 1 the rows are split in that many consecutive parts COPYed at once, each
+    in its own session (an initial load may use both cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ledger_backfill_dagster.ledger.load_mode import BUILD_SETTINGS
     from ledger_backfill_dagster.lib.sql_files import query
 
@@ -219,7 +227,14 @@ def timed_initial_load_floor(url: str, columns: list[str], payload: bytes, table
         dropped = conn.execute(query("loads/secondary_indexes")).fetchall()
         for name, _ in dropped:
             conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(name)))
-    copy_seconds = timed_copy_with_outbox(url, columns, payload, table)
+    n = table.num_rows
+    step = -(-n // sessions)
+    parts = [(table.slice(i, step), i) for i in range(0, n, step)]
+    payloads = [(csv_payload(part), part, first) for part, first in parts]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(sessions) as pool:
+        list(pool.map(lambda p: timed_copy_with_outbox(url, columns, *p), payloads))
+    copy_seconds = time.perf_counter() - t0
     with psycopg.connect(url, autocommit=True) as conn:
         t0 = time.perf_counter()
         for name, value in BUILD_SETTINGS.items():
@@ -235,6 +250,7 @@ def timed_initial_load_floor(url: str, columns: list[str], payload: bytes, table
         "copy_seconds": copy_seconds,
         "build_seconds": build_seconds,
         "indexes": len(dropped),
+        "sessions": sessions,
         "rate": rate(table.num_rows, seconds),
     }
 
@@ -284,14 +300,16 @@ def bench_copy(server: Server, data: Dataset, binary: bool) -> dict[str, Any]:
             f"{seconds:.2f} s = {fmt_rate(results[f'ledger_{label}']['rate'])}"
         )
 
-    with server.database("copyinitial") as url:
-        prepare_ledger(url, data.accounts_file)
-        results["initial_floor"] = floor = timed_initial_load_floor(url, names, payload, table)
-    say(
-        f"  floor of an initial load: COPY into both tables with only PK + unique "
-        f"{floor['copy_seconds']:.2f} s, then {floor['indexes']} indexes built "
-        f"{floor['build_seconds']:.2f} s: {floor['seconds']:.2f} s = {fmt_rate(floor['rate'])}"
-    )
+    for sessions in (1, 2):
+        with server.database(f"copyinitial{sessions}") as url:
+            prepare_ledger(url, data.accounts_file)
+            floor = timed_initial_load_floor(url, names, table, sessions)
+        results["initial_floor" if sessions == 1 else f"initial_floor_{sessions}"] = floor
+        say(
+            f"  floor of an initial load, {sessions} session(s): COPY into both tables with only"
+            f" PK + unique {floor['copy_seconds']:.2f} s, then {floor['indexes']} indexes built "
+            f"{floor['build_seconds']:.2f} s: {floor['seconds']:.2f} s = {fmt_rate(floor['rate'])}"
+        )
 
     with server.database("copybare") as url:
         with psycopg.connect(url) as conn:

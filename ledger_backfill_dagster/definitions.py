@@ -24,11 +24,12 @@ from ledger_backfill_dagster.defs.backfill.validate import validated_entries
 from ledger_backfill_dagster.defs.dual_ledger.sync import DUAL_LEDGER_CHECKS, DUAL_LEDGER_JOBS
 from ledger_backfill_dagster.defs.execution.executor import ledger_in_process_executor
 from ledger_backfill_dagster.defs.maintenance.jobs import MAINTENANCE_JOBS
+from ledger_backfill_dagster.defs.operations.alerts import build_alert_sensor
 from ledger_backfill_dagster.defs.operations.schedules import SCHEDULES
 from ledger_backfill_dagster.defs.operations.sensors import build_stalled_backfill_sensor
 from ledger_backfill_dagster.defs.operations.status import backfill_status, no_stalled_backfills
 from ledger_backfill_dagster.lib.redaction import check_secret_settings
-from ledger_backfill_dagster.resources.alerts import StallAlertHook
+from ledger_backfill_dagster.resources.alerts import AlertHook, StallAlertHook
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.settings import (
     MonitoringSettings,
@@ -61,6 +62,7 @@ RESOURCES_FROM_ENV: dict[str, Callable[[], Any]] = {
     "monitoring": MonitoringSettings.from_env,
     "ledger_db": ledger_database,
     "stall_alerts": StallAlertHook.from_env,
+    "alerts": AlertHook.from_env,  # ALERT_WEBHOOK_URL as an EnvVar
     "outbox_endpoint": OutboxEndpoint.from_env,  # OUTBOX_RELAY_URL / _TOKEN as EnvVars
 }
 
@@ -100,7 +102,10 @@ def build_definitions(
         jobs=[ledger_backfill_job, *MAINTENANCE_JOBS, *DUAL_LEDGER_JOBS, *jobs],
         schedules=SCHEDULES,  # all STOPPED by default
         # Its interval is part of its definition: monitoring's, as the code location loads.
-        sensors=[build_stalled_backfill_sensor(monitoring.stall_sensor_interval_seconds)],
+        sensors=[
+            build_stalled_backfill_sensor(monitoring.stall_sensor_interval_seconds),
+            build_alert_sensor(monitoring.stall_sensor_interval_seconds),
+        ],
         resources=built,
         # Stages of one run run in order in one process: no per-step process start-up, and
         # partitions run in parallel through PARALLEL_WORKERS or concurrent runs instead.

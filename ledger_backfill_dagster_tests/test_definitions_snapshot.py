@@ -57,6 +57,7 @@ FAKE_SECRETS = {
     "OUTBOX_RELAY_URL": f"https://relay.invalid/{SECRET_MARK}-outbox",
     "OUTBOX_RELAY_TOKEN": f"{SECRET_MARK}-relay-token",
     "STALL_ALERT_WEBHOOK_URL": f"https://hooks.invalid/{SECRET_MARK}-webhook",
+    "ALERT_WEBHOOK_URL": f"https://hooks.invalid/{SECRET_MARK}-alerts",
 }
 LOADS = {
     "no settings": {},

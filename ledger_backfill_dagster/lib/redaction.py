@@ -35,9 +35,15 @@ URL_SETTINGS = (
     "BACKFILL_SOURCE_URL",
     "OUTBOX_RELAY_URL",
     "STALL_ALERT_WEBHOOK_URL",
+    "ALERT_WEBHOOK_URL",
 )
 # Secret as a whole: tokens, and a webhook URL (a Slack webhook's path is its credential).
-WHOLE_VALUE_SETTINGS = ("BACKFILL_API_TOKEN", "OUTBOX_RELAY_TOKEN", "STALL_ALERT_WEBHOOK_URL")
+WHOLE_VALUE_SETTINGS = (
+    "BACKFILL_API_TOKEN",
+    "OUTBOX_RELAY_TOKEN",
+    "STALL_ALERT_WEBHOOK_URL",
+    "ALERT_WEBHOOK_URL",
+)
 # A known secret shorter than this is masked only where it stands as a credential (by the
 # patterns below): replacing every "ab" in a message would garble it and protect little.
 MIN_LITERAL_SECRET = 4
@@ -261,6 +267,7 @@ def check_secret_settings(environ: Mapping[str, str] | None = None) -> None:
         "BACKFILL_SOURCE_URL": check_source_url,
         "OUTBOX_RELAY_URL": check_http_url,
         "STALL_ALERT_WEBHOOK_URL": check_http_url,
+        "ALERT_WEBHOOK_URL": check_http_url,
         "BACKFILL_API_TOKEN": check_token,
         "OUTBOX_RELAY_TOKEN": check_token,
     }

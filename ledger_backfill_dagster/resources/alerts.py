@@ -1,8 +1,13 @@
-"""The stalled-backfill alert hook: a webhook, off by default.
+"""Alert webhooks, each off until its variable is set.
 
-With STALL_ALERT_WEBHOOK_URL set (a Slack incoming webhook, or any endpoint that accepts
-`{"text": ...}` JSON, e.g. an e-mail relay), the sensor POSTs one message per newly stalled
-partition set. The URL is a secret (Slack's carry a token): it reaches the sensor through
+- `ALERT_WEBHOOK_URL` (resource `alerts`, `AlertHook`): every failure a person must act on
+  (defs/operations/alerts.py: failed or canceled runs, failed checks, outbox rows FAILED,
+  entries without an outbox row, stalled partitions).
+- `STALL_ALERT_WEBHOOK_URL` (resource `stall_alerts`, `StallAlertHook`): stalled partitions
+  only, as before ALERT_WEBHOOK_URL existed; it keeps working beside it.
+
+Each is a Slack incoming webhook, or any endpoint that accepts `{"text": ...}` JSON (e.g. an
+e-mail relay). The URL is a secret (Slack's carry a token): it reaches the sensor through
 `dg.EnvVar` and is never logged; failures are reported without it.
 """
 
@@ -18,6 +23,7 @@ from ledger_backfill_dagster.lib.errors import TransientError
 from ledger_backfill_dagster.lib.redaction import redact
 
 WEBHOOK_URL_ENV = "STALL_ALERT_WEBHOOK_URL"
+ALERT_WEBHOOK_URL_ENV = "ALERT_WEBHOOK_URL"
 
 
 class AlertDeliveryError(TransientError, RuntimeError):
@@ -61,6 +67,22 @@ class StallAlertHook(dg.ConfigurableResource):
         daemon (only whether it is set is read here)."""
         if os.environ.get(WEBHOOK_URL_ENV):
             return cls(webhook_url=dg.EnvVar(WEBHOOK_URL_ENV))
+        return cls()
+
+
+class AlertHook(StallAlertHook):
+    """Where every alert goes besides the UI (ALERT_WEBHOOK_URL): the same webhook contract as
+    the stall hook, for all the alerts of defs/operations/alerts.py."""
+
+    webhook_url: str | None = Field(
+        default=None,
+        description="ALERT_WEBHOOK_URL, given as an EnvVar (a secret). Unset: no alert leaves the UI.",
+    )
+
+    @classmethod
+    def from_env(cls) -> AlertHook:
+        if os.environ.get(ALERT_WEBHOOK_URL_ENV):
+            return cls(webhook_url=dg.EnvVar(ALERT_WEBHOOK_URL_ENV))
         return cls()
 
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from datetime import date
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -17,11 +15,12 @@ from ledger_backfill_dagster import cli
 from ledger_backfill_dagster.definitions import build_definitions
 from ledger_backfill_dagster.defs.operations.status import STALL_CHECK, STATUS_ASSET
 from ledger_backfill_dagster.ledger.status import read_status
-from ledger_backfill_dagster.resources.alerts import StallAlertHook
+from ledger_backfill_dagster.resources.alerts import AlertHook, StallAlertHook
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.settings import MonitoringSettings
 from ledger_backfill_dagster.sources.generate import generate
 from ledger_backfill_dagster_tests.support.helpers import materialize_range, use_source_files
+from ledger_backfill_dagster_tests.support.webhook import Webhook
 
 STALE = """
 INSERT INTO ledger_backfill_checkpoints
@@ -120,50 +119,20 @@ def test_status_shows_progress_and_flags_stalled(
     assert json.loads(capsys.readouterr().out)["stalled"] == []
 
 
-class _Webhook:
-    """A real HTTP server on 127.0.0.1 standing in for Slack's incoming webhook."""
-
-    def __init__(self, status: int = 200) -> None:
-        received: list[dict] = []
-        self.received = received
-        self.status = status
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                received.append(json.loads(body))
-                self.send_response(outer.status)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/services/T000/B000/secret-token-xyz"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def webhook() -> Iterator[_Webhook]:
-    hook = _Webhook()
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
     yield hook
     hook.close()
 
 
-def _evaluate(ledger_db, hook_url, cursor=None, instance=None):
-    """One tick of the code location's sensor, on this database and webhook."""
+def _evaluate(ledger_db, hook_url, cursor=None, instance=None, alert_url=None):
+    """One tick of the code location's sensor, on this database and webhooks (the stall hook's,
+    and ALERT_WEBHOOK_URL's)."""
     resources = {
         "ledger_db": ledger_db,
         "stall_alerts": StallAlertHook(webhook_url=hook_url),
+        "alerts": AlertHook(webhook_url=alert_url),
         "monitoring": MonitoringSettings(),  # the default threshold: 3600 s
     }
     sensor = build_definitions(resources).get_unresolved_sensor_def("stalled_backfill_sensor")
@@ -180,7 +149,7 @@ def _status_events(result) -> list[dg.AssetMaterialization]:
 
 
 def test_stalled_sensor_alerts_once_then_clears(
-    ledger_db: LedgerDatabase, conn: psycopg.Connection, webhook: _Webhook
+    ledger_db: LedgerDatabase, conn: psycopg.Connection, webhook: Webhook
 ) -> None:
     with dg.instance_for_test() as instance:
         # nothing stalled: the status table and a passing check are recorded
@@ -230,6 +199,25 @@ def test_stalled_sensor_alerts_once_then_clears(
         assert len(webhook.received) == 1
 
 
+def test_a_stall_also_goes_to_alert_webhook_url_once(
+    ledger_db: LedgerDatabase, conn: psycopg.Connection, webhook: Webhook
+) -> None:
+    add_checkpoint(conn, "2024-05-01", idle_seconds=3 * 3600)
+    other = Webhook()
+    try:
+        _evaluate(ledger_db, webhook.url, alert_url=other.url)
+        assert len(webhook.received) == 1 and len(other.received) == 1
+        assert "2024-05-01" in other.received[0]["text"]
+        # the same URL in both settings: one message, not two
+        _evaluate(ledger_db, other.url, alert_url=other.url)
+        assert len(other.received) == 2
+        # only ALERT_WEBHOOK_URL set
+        _evaluate(ledger_db, None, alert_url=other.url)
+        assert len(other.received) == 3
+    finally:
+        other.close()
+
+
 def test_alert_hook_off_by_default_and_failures_hide_the_url(
     ledger_db: LedgerDatabase, conn: psycopg.Connection
 ) -> None:
@@ -240,7 +228,7 @@ def test_alert_hook_off_by_default_and_failures_hide_the_url(
     assert not StallAlertHook().enabled
 
     # a webhook that refuses: logged without the URL's token, retried next tick
-    hook = _Webhook(status=500)
+    hook = Webhook(status=500)
     try:
         result, ctx = _evaluate(ledger_db, hook.url)
         assert len(hook.received) == 1

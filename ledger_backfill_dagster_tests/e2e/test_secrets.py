@@ -226,6 +226,7 @@ def test_redaction_patterns_cover_tokens_and_mappings() -> None:
         ("BACKFILL_SOURCE_URL", "https://u:Kx9fQe/Qm7dRw@api.example/v1"),
         ("OUTBOX_RELAY_URL", "https://api.example:Kx9fQe/x"),
         ("STALL_ALERT_WEBHOOK_URL", "hooks.example/Kx9fQe"),
+        ("ALERT_WEBHOOK_URL", "hooks.example/Kx9fQe"),
         ("BACKFILL_API_TOKEN", "Kx9fQe Qm7dRw"),
     ],
 )

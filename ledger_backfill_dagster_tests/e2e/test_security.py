@@ -90,6 +90,7 @@ def secret_env(
             "BACKFILL_API_TOKEN": API_TOKEN,
             "OUTBOX_RELAY_TOKEN": RELAY_TOKEN,
             "STALL_ALERT_WEBHOOK_URL": f"http://127.0.0.1:9/services/{WEBHOOK_TOKEN}",
+            "ALERT_WEBHOOK_URL": f"http://127.0.0.1:9/alerts/{WEBHOOK_TOKEN}",
             "BATCH_SIZE": "300",
         }
         for key, value in env.items():

@@ -8,8 +8,9 @@ loads). Each tick reads the checkpoints once and, without launching a run:
   or changed state, so the asset's page always shows the current progress;
 - records a result of the `no_stalled_backfills` check whenever the set of stalled partitions
   changes: failed (severity ERROR) while any partition is stalled, passed once none is;
-- for partitions newly stalled, logs an error on the tick and posts one message to the alert
-  webhook, if one is configured (STALL_ALERT_WEBHOOK_URL; off by default).
+- for partitions newly stalled, logs an error on the tick and posts one message to each alert
+  webhook configured (STALL_ALERT_WEBHOOK_URL, ALERT_WEBHOOK_URL; both off by default; one
+  message if both name the same URL).
 The cursor remembers what was recorded and alerted, so a stall is announced once, not every tick.
 """
 
@@ -27,7 +28,12 @@ from ledger_backfill_dagster.defs.operations.status import (
     status_metadata,
 )
 from ledger_backfill_dagster.ledger.status import alert_text, read_status, schema_missing
-from ledger_backfill_dagster.resources.alerts import AlertDeliveryError, StallAlertHook, safe_error
+from ledger_backfill_dagster.resources.alerts import (
+    AlertDeliveryError,
+    AlertHook,
+    StallAlertHook,
+    safe_error,
+)
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.settings import MonitoringSettings
 
@@ -39,6 +45,13 @@ def _cursor(raw: str | None) -> dict:
         return {}
 
 
+def _hooks(stall_alerts: StallAlertHook, alerts: AlertHook) -> list[StallAlertHook]:
+    """The configured webhooks a stall goes to, each URL once."""
+    if alerts.webhook_url and alerts.webhook_url != stall_alerts.webhook_url:
+        return [stall_alerts, alerts]
+    return [stall_alerts]
+
+
 def build_stalled_backfill_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     """The sensor, ticking every `minimum_interval_seconds` (monitoring's interval)."""
     return dg.sensor(
@@ -48,7 +61,8 @@ def build_stalled_backfill_sensor(minimum_interval_seconds: int) -> dg.SensorDef
         description=(
             "Alerts when a backfill checkpoint stays IN_PROGRESS without progress for longer "
             "than STALL_THRESHOLD_SECONDS (default 3600): fails the no_stalled_backfills check "
-            "on backfill_status, logs an error, and posts to STALL_ALERT_WEBHOOK_URL if set. "
+            "on backfill_status, logs an error, and posts to STALL_ALERT_WEBHOOK_URL and "
+            "ALERT_WEBHOOK_URL if set. "
             "Also keeps the backfill_status table current."
         ),
     )(stalled_backfill_tick)
@@ -59,6 +73,7 @@ def stalled_backfill_tick(
     ledger_db: LedgerDatabase,
     stall_alerts: StallAlertHook,
     monitoring: MonitoringSettings,
+    alerts: AlertHook,
 ) -> dg.SensorResult | dg.SkipReason:
     """One tick: record the status, check and alert as the module's docstring says."""
     try:
@@ -95,8 +110,9 @@ def stalled_backfill_tick(
     if set(stalled_now) - set(alerted):
         context.log.error(alert_text(status))
         try:
-            if stall_alerts.send(alert_text(status)):
-                context.log.info("stall alert sent to the configured webhook")
+            for hook in _hooks(stall_alerts, alerts):
+                if hook.send(alert_text(status)):
+                    context.log.info("stall alert sent to a configured webhook")
             alerted = stalled_now
         except AlertDeliveryError as exc:
             # Not marked alerted: the next tick tries the webhook again.
