@@ -16,6 +16,7 @@ import dagster as dg
 
 from ledger_backfill_dagster.defs.backfill.checks import LEDGER_CHECKS
 from ledger_backfill_dagster.defs.backfill.extract import extracted_source
+from ledger_backfill_dagster.defs.backfill.guards import GUARD_CHECKS
 from ledger_backfill_dagster.defs.backfill.jobs import ledger_backfill_job
 from ledger_backfill_dagster.defs.backfill.post import posted_batches
 from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
@@ -98,7 +99,7 @@ def build_definitions(
             # operations: recorded by stalled_backfill_sensor, not computed by runs
             backfill_status,
         ],
-        asset_checks=[no_stalled_backfills, *LEDGER_CHECKS, *DUAL_LEDGER_CHECKS],
+        asset_checks=[no_stalled_backfills, *LEDGER_CHECKS, *GUARD_CHECKS, *DUAL_LEDGER_CHECKS],
         jobs=[ledger_backfill_job, *MAINTENANCE_JOBS, *DUAL_LEDGER_JOBS, *jobs],
         schedules=SCHEDULES,  # all STOPPED by default
         # Its interval is part of its definition: monitoring's, as the code location loads.

@@ -37,6 +37,7 @@ NUMERIC_LIMITS: dict[str, tuple[float, float]] = {
     "BACKFILL_SOURCE_MAX_RETRY_AFTER": (0, 86_400),
     "STALL_THRESHOLD_SECONDS": (1, 31_536_000),  # a year
     "STALL_SENSOR_INTERVAL_SECONDS": (1, 86_400),
+    "REJECT_GUARD_MIN_ROWS": (0, 1_000_000_000),
 }
 
 

@@ -39,6 +39,12 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from ledger_backfill_dagster.entries.transform import TransformRules, load_mapping
 from ledger_backfill_dagster.ledger.posting import PostingOptions
+from ledger_backfill_dagster.ledger.reject_guard import (
+    DEFAULT_MAX_REJECT_RATIO,
+    DEFAULT_MIN_ROWS,
+    RejectGuard,
+    parse_ratio,
+)
 from ledger_backfill_dagster.lib.env import (
     NUMERIC_LIMITS,
     check_range,
@@ -290,6 +296,8 @@ class PostingSettings(EnvSettings):
         "validate_balances": "VALIDATE_BALANCES",
         "force_redo": "FORCE_REDO",
         "load_mode": "LOAD_MODE",
+        "max_reject_ratio": "MAX_REJECT_RATIO",
+        "reject_guard_min_rows": "REJECT_GUARD_MIN_ROWS",
     }
 
     batch_size: int = Field(
@@ -325,6 +333,25 @@ class PostingSettings(EnvSettings):
         description="LOAD_MODE: auto (initial into an empty ledger, else live), live, or initial "
         "(secondary indexes built once after the load; refused where unsafe).",
     )
+    max_reject_ratio: str = Field(
+        default=DEFAULT_MAX_REJECT_RATIO,
+        description="MAX_REJECT_RATIO: a partition whose rejected share of rows passes this "
+        "(0 to 1) is not posted and fails the run (ledger/reject_guard.py); 1 turns it off.",
+    )
+    reject_guard_min_rows: int = Field(
+        default=DEFAULT_MIN_ROWS,
+        description="REJECT_GUARD_MIN_ROWS: partitions with fewer rows are not judged.",
+    )
+
+    @field_validator("max_reject_ratio")
+    @classmethod
+    def _ratio(cls, value: str) -> str:
+        parse_ratio(value)
+        return value.strip()
+
+    def reject_guard(self, tags: dict[str, str]) -> RejectGuard:
+        """This run's guard: the setting, or the run's override tags (with their reason)."""
+        return RejectGuard.for_run(self.max_reject_ratio, self.reject_guard_min_rows, tags)
 
     def options(self) -> PostingOptions:
         """The posting loop's options (PARALLEL_WORKERS is the asset's: it runs the loops)."""
@@ -350,6 +377,10 @@ class PostingSettings(EnvSettings):
             validate_balances=env_bool("VALIDATE_BALANCES", True),
             force_redo=env_bool("FORCE_REDO", False),
             load_mode=_load_mode(env_str("LOAD_MODE", "auto")),
+            max_reject_ratio=str(
+                parse_ratio(env_str("MAX_REJECT_RATIO", DEFAULT_MAX_REJECT_RATIO))
+            ),
+            reject_guard_min_rows=env_int("REJECT_GUARD_MIN_ROWS", DEFAULT_MIN_ROWS),
         )
 
 

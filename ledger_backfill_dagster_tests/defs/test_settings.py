@@ -63,6 +63,8 @@ DEFAULTS: dict[str, object] = {
     "VALIDATE_BALANCES": True,
     "FORCE_REDO": False,
     "LOAD_MODE": "auto",
+    "MAX_REJECT_RATIO": "1",
+    "REJECT_GUARD_MIN_ROWS": 1,
     "REPORTS_DIR": "",
     "STALL_THRESHOLD_SECONDS": 3600,
     "STALL_SENSOR_INTERVAL_SECONDS": 60,
@@ -230,6 +232,8 @@ def probe_value(resource: type[EnvSettings], field: str, variable: str) -> tuple
         return "scb", "SCB"  # upper-cased, as before
     if field == "load_mode":
         return "Initial", "initial"  # case-insensitive
+    if field == "max_reject_ratio":
+        return "0.25", "0.25"  # exact text: a ratio is never a float
     return f"/probe/{variable.lower()}", f"/probe/{variable.lower()}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from ledger_backfill_dagster.definitions import build_definitions
 from ledger_backfill_dagster.defs.backfill.checks import LEDGER_CHECKS
 from ledger_backfill_dagster.defs.backfill.extract import extracted_source
+from ledger_backfill_dagster.defs.backfill.guards import GUARD_CHECKS
 from ledger_backfill_dagster.defs.backfill.post import posted_batches
 from ledger_backfill_dagster.defs.backfill.reconcile import reconciliation_report
 from ledger_backfill_dagster.defs.backfill.transform import transformed_entries
@@ -45,6 +47,8 @@ def backfill_job(
     selection = dg.AssetSelection.assets(*selected).without_checks()
     if {reconciliation_report, reconciliation_report.key} & set(selected):
         selection = selection | dg.AssetSelection.checks(*LEDGER_CHECKS)
+    if {validated_entries, validated_entries.key} & set(selected):
+        selection = selection | dg.AssetSelection.checks(*GUARD_CHECKS)
     job = dg.define_asset_job(name, selection=selection)
     defs = build_definitions(
         resources={"ledger_db": LedgerDatabase(database_url=os.environ["DATABASE_URL"])}
@@ -63,15 +67,24 @@ def range_tags(first: str, last: str) -> dict[str, str]:
 
 
 def materialize_range(
-    first: str, last: str, *, raise_on_error: bool = True, assets: list | None = None
+    first: str,
+    last: str,
+    *,
+    raise_on_error: bool = True,
+    assets: list | None = None,
+    tags: dict[str, str] | None = None,
+    instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """A real in-process materialization of the partition range, as a single-run backfill,
-    configured from the current environment (like the CLI)."""
+    configured from the current environment (like the CLI), with any further run `tags`, on
+    `instance` (default: a fresh test instance)."""
     job = backfill_job("test_backfill", assets)
-    with dg.instance_for_test() as instance:
+    with contextlib.ExitStack() as stack:
+        if instance is None:
+            instance = stack.enter_context(dg.instance_for_test())
         return job.execute_in_process(
             instance=instance,
-            tags=range_tags(first, last),
+            tags={**range_tags(first, last), **(tags or {})},
             raise_on_error=raise_on_error,
         )
 

@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 import psycopg
 import pyarrow as pa
+from dagster._core.events import DagsterEvent
 
 from ledger_backfill_dagster.defs.backfill.common import (
     GROUP,
@@ -37,6 +38,13 @@ from ledger_backfill_dagster.ledger.posting import (
     PostingSessions,
     pause_requested,
 )
+from ledger_backfill_dagster.ledger.reject_guard import (
+    HeldPartition,
+    RejectGuard,
+    held_message,
+    top_reasons,
+)
+from ledger_backfill_dagster.lib.errors import SettingsError
 from ledger_backfill_dagster.lib.redaction import redact
 from ledger_backfill_dagster.lib.sql_files import query
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
@@ -126,7 +134,12 @@ def posted_batches(
         return plans, whole
 
     rows = {k: s.store.row_count(s.source.source_key, "validated", k) for k in s.keys}
-    progress = _Progress(context, sum(rows.values()))
+    guard = _reject_guard(context, posting)
+    held = guard.held(rows, rejected)
+    if held:
+        context.log.error(f"reject guard holds {len(held)} partition(s); the others are posted")
+    to_post = [k for k in s.keys if k not in {h.partition_key for h in held}]
+    progress = _Progress(context, sum(rows[k] for k in to_post))
     probe = pause_requested(run_started, s.source.source_id)
     stop = threading.Event()  # set on Terminate: every partition stops after its current batch
     # One verifier for the run: each account is summed in full once, then checked from there
@@ -151,7 +164,7 @@ def posted_batches(
             return outcomes
 
         with sessions:
-            units = posting_units(s.keys, rows, options.batch_size)
+            units = posting_units(to_post, rows, options.batch_size)
             outcomes = _post_all(units, post, posting.parallel_workers, stop)
     finally:
         # Whatever happened, an initial load builds its indexes before the step ends (a killed
@@ -175,10 +188,72 @@ def posted_batches(
             f"balance checks: {verifier.full_checks} account(s) summed in full, "
             f"{verifier.incremental_checks} checked incrementally"
         )
+    metadata = {**_metadata(outcomes), **load.metadata(), **_guard_metadata(guard, held)}
+    if held:
+        _fail_held(context, ledger_db, s.source.source_id, guard, held, outcomes, metadata)
     # Each partition's materialization carries its own numbers (same keys as the run's totals,
     # which they override), so the UI's plots show them across partitions, not the run's sums.
     add_partition_metadata(context, {o.partition_key: partition_metadata(o) for o in outcomes})
-    return dg.MaterializeResult(metadata={**_metadata(outcomes), **load.metadata()})
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _record_materializations(
+    context: dg.AssetExecutionContext, materializations: list[dg.AssetMaterialization]
+) -> None:
+    """Store these materializations now, in a step about to fail: `context.log_event` would
+    hold them until the step returns, and a failing step never does. Written as the step's own
+    events (Dagster's `DagsterEvent.asset_materialization`); should its internals not be where
+    they were (another minor version), the run only fails without them."""
+    step = getattr(context.op_execution_context, "_step_execution_context", None)
+    if step is None:
+        context.log.warning("posted partitions not recorded as materialized (Dagster internals)")
+        return
+    for materialization in materializations:
+        DagsterEvent.asset_materialization(step, materialization)
+
+
+def _reject_guard(context: dg.AssetExecutionContext, posting: PostingSettings) -> RejectGuard:
+    try:
+        return posting.reject_guard(dict(context.run.tags))
+    except SettingsError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+
+
+def _guard_metadata(guard: RejectGuard, held: list[HeldPartition]) -> dict[str, dg.MetadataValue]:
+    """The guard this run applied (and an override's reason), and what it held."""
+    return {
+        "reject_guard": dg.MetadataValue.text(guard.describe()),
+        "partitions_held_by_reject_guard": dg.MetadataValue.int(len(held)),
+    }
+
+
+def _fail_held(
+    context: dg.AssetExecutionContext,
+    ledger_db: LedgerDatabase,
+    source_id: str,
+    guard: RejectGuard,
+    held: list[HeldPartition],
+    outcomes: list[PostingOutcome],
+    metadata: dict[str, dg.MetadataValue],
+) -> None:
+    """The partitions posted are recorded as materialized, each with its numbers; then the step
+    fails naming the held ones, so the run is red and the held days show failed in the UI."""
+    _record_materializations(
+        context,
+        [
+            dg.AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=outcome.partition_key,
+                metadata=partition_metadata(outcome),
+            )
+            for outcome in outcomes
+        ],
+    )
+    with ledger_db.connection() as conn:
+        reasons = top_reasons(conn, source_id, [h.partition_key for h in held])
+    message = redact(held_message(guard, held, reasons))
+    context.log.error(message)
+    raise dg.Failure(description=message, metadata=metadata, allow_retries=False)
 
 
 def _begin_load(ledger_db: LedgerDatabase, source_id: str, run_id: str, requested: str) -> Load:
