@@ -1,11 +1,18 @@
-"""`ledger-backfill`: generate data, migrate, watch, pause/resume and summarize backfills."""
+"""`ledger-backfill`: generate data, migrate, watch, pause/resume and summarize backfills.
+
+Exit codes (docs/operations.md, "CLI"): 0 fine; 1 a finding (a summary that does not reconcile,
+`status --fail-on-stalled` with a stalled partition, `doctor` with something to fix); 2 a usage
+or configuration error; 3 the database could not be reached.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import date
+from importlib import metadata
 from pathlib import Path
 
 import psycopg
@@ -17,11 +24,28 @@ from ledger_backfill_dagster.lib.sql_files import query
 from ledger_backfill_dagster.lib.user_files import UserFileError
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 
+EXIT_OK, EXIT_FINDING, EXIT_CONFIGURATION, EXIT_UNREACHABLE = 0, 1, 2, 3
+
 
 def _database() -> LedgerDatabase:
-    import os
+    """The ledger database of DATABASE_URL, or the embedded server, said on stderr once: a
+    misspelt or forgotten variable must not go unnoticed."""
+    url = os.environ.get("DATABASE_URL", "").strip()
+    if not url:
+        from ledger_backfill_dagster.doctor import ledger_database_text
 
-    return LedgerDatabase(database_url=os.environ.get("DATABASE_URL") or None)
+        print(
+            f"ledger-backfill: DATABASE_URL is not set: using the {ledger_database_text()}",
+            file=sys.stderr,
+        )
+    return LedgerDatabase(database_url=url or None)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ledger_backfill_dagster")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -32,7 +56,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.entries,
         args.days,
         args.accounts,
-        date.fromisoformat(args.start),
+        args.start if isinstance(args.start, date) else date.fromisoformat(args.start),
         args.seed,
     )
     print(f"wrote {data.entries} entries over {data.days} days to {data.entries_file}")
@@ -63,13 +87,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         except psycopg.Error as exc:
             if not schema_missing(exc):
                 raise
-            print("no backfill has run yet: the ledger schema does not exist")
-            return 0
+            if args.json:
+                print(json.dumps({"schema": "missing", "stalled": [], "checkpoints": []}))
+            else:
+                print("no backfill has run yet: the ledger schema does not exist")
+            return EXIT_OK
     if args.json:
         print(json.dumps(status.as_json(), indent=1))
     else:
         print(status_text(status))
-    return 1 if status.stalled and args.fail_on_stalled else 0
+    return EXIT_FINDING if status.stalled and args.fail_on_stalled else EXIT_OK
 
 
 def cmd_roles(args: argparse.Namespace) -> int:
@@ -139,42 +166,67 @@ def cmd_summary(args: argparse.Namespace) -> int:
             store.validated_paths(source.source_key, keys),
             keys,
         )
-    print(summary_markdown(report))
-    return 0 if report.reconciles else 1
+    if args.json:
+        print(json.dumps({"reconciles": report.reconciles, "problems": report.problems}))
+    else:
+        print(summary_markdown(report))
+    return EXIT_OK if report.reconciles else EXIT_FINDING
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Which database and instance storage are used, migrations, source files, roles."""
+    from ledger_backfill_dagster import doctor
+
+    check_secret_settings()
+    checks = doctor.diagnose(_database())
+    print(json.dumps(doctor.as_json(checks), indent=1) if args.json else doctor.as_text(checks))
+    states = {c.state for c in checks}
+    if doctor.UNREACHABLE in states:
+        return EXIT_UNREACHABLE
+    return EXIT_FINDING if doctor.FINDING in states else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ledger-backfill", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ledger-backfill",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ledger-backfill {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="write a deterministic canonical CSV and chart of accounts")
-    g.add_argument("--out", default="data")
-    g.add_argument("--entries", type=int, default=10_000)
-    g.add_argument("--days", type=int, default=31)
-    g.add_argument("--accounts", type=int, default=50)
-    g.add_argument("--start", default="2024-01-01")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--out", default="data", help="folder to write into (default data)")
+    g.add_argument("--entries", type=int, default=10_000, help="entries (default 10000)")
+    g.add_argument("--days", type=int, default=31, help="days they spread over (default 31)")
+    g.add_argument("--accounts", type=int, default=50, help="accounts in the chart (default 50)")
+    g.add_argument("--start", type=_iso_date, default="2024-01-01", help="first day, YYYY-MM-DD")
+    g.add_argument("--seed", type=int, default=42, help="random seed (same seed, same bytes)")
     g.set_defaults(func=cmd_generate)
 
     sub.add_parser("migrate", help="apply pending schema migrations").set_defaults(func=cmd_migrate)
 
     s = sub.add_parser("status", help="backfill progress, stalled and completed partitions")
-    s.add_argument("--source", default=None)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--source", default=None, help="only this source id (default: all)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument(
         "--stall-seconds",
         type=int,
         default=None,
         help="stalled after this long without a checkpoint (default STALL_THRESHOLD_SECONDS or 3600)",
     )
-    s.add_argument("--fail-on-stalled", action="store_true", help="exit 1 if any is stalled")
+    s.add_argument(
+        "--fail-on-stalled",
+        action="store_true",
+        help="exit 1 if any is stalled (without it, a stall is reported and the exit is 0)",
+    )
     s.set_defaults(func=cmd_status)
 
     p = sub.add_parser("pause", help="ask running backfills to stop after their current batch")
     p.add_argument("--source", default=None, help="source id (default: all sources)")
     p.set_defaults(func=cmd_pause)
     r = sub.add_parser("resume", help="clear a pause request")
-    r.add_argument("--source", default=None)
+    r.add_argument("--source", default=None, help="source id (default: the all-sources request)")
     r.set_defaults(func=cmd_resume)
 
     ro = sub.add_parser(
@@ -189,20 +241,37 @@ def main(argv: list[str] | None = None) -> int:
         " the next posting run does it too",
     ).set_defaults(func=cmd_rebuild_indexes)
 
-    sub.add_parser(
-        "summary", help="print the reconciliation of the configured source"
-    ).set_defaults(func=cmd_summary)
+    su = sub.add_parser("summary", help="print the reconciliation of the configured source")
+    su.add_argument("--json", action="store_true", help="machine-readable output")
+    su.set_defaults(func=cmd_summary)
 
-    args = parser.parse_args(argv)
+    d = sub.add_parser(
+        "doctor",
+        help="which ledger database and instance storage are used, migrations, source files, roles",
+    )
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_doctor)
+
+    args = parser.parse_args(argv)  # a usage error exits 2 here, with argparse's message
     try:
         return args.func(args)
+    except psycopg.OperationalError as exc:
+        print(f"database error (unreachable): {redact(str(exc).strip())}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except psycopg.Error as exc:
-        print(f"database error: {redact(str(exc))}", file=sys.stderr)
-        return 2
+        print(f"database error: {redact(str(exc).strip())}", file=sys.stderr)
+        return EXIT_CONFIGURATION
     except (MalformedUrlError, SettingsError, UserFileError) as exc:
         # Their messages name the variable or file and show no secret (redacted all the same).
         print(f"configuration error: {redact(str(exc))}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIGURATION
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 if __name__ == "__main__":
