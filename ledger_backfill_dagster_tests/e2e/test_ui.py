@@ -8,13 +8,14 @@ with a known password: nothing the webserver serves or prints may contain it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
@@ -85,7 +86,19 @@ def secret_url(database_url: str, pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def dagster_dev(tmp_path: Path, secret_url: str) -> Iterator[Dagster]:
-    data = generate(tmp_path / "data", entries=1800, days=3, accounts=20, start=date(2024, 1, 1))
+    with running_dagster_dev(tmp_path, secret_url, days=3, entries=1800) as dagster:
+        yield dagster
+
+
+@contextlib.contextmanager
+def running_dagster_dev(
+    tmp_path: Path, secret_url: str, days: int, entries: int, **settings: str
+) -> Iterator[Dagster]:
+    """The real `dagster dev` (webserver + daemon) on this test's database and a generated
+    source of `entries` over `days` days from 2024-01-01, with further `settings`."""
+    data = generate(
+        tmp_path / "data", entries=entries, days=days, accounts=20, start=date(2024, 1, 1)
+    )
     home = dagster_home(tmp_path)
     port = free_port()
     env = {
@@ -103,6 +116,7 @@ def dagster_dev(tmp_path: Path, secret_url: str) -> Iterator[Dagster]:
         BATCH_SIZE="250",
         STALL_SENSOR_INTERVAL_SECONDS="3",
         PYTHONUNBUFFERED="1",
+        **settings,
     )
     log = tmp_path / "dagster_dev.log"
     with log.open("wb") as out:
@@ -217,6 +231,7 @@ query($id: ID!) {
   }
 }"""
 INSTANCE = "query { instance { info runLauncher { name } } }"
+MATERIALIZATIONS_ALL = MATERIALIZATIONS.replace("limit: 50", "limit: 500")
 
 
 def _metadata(materialization: dict) -> dict:
@@ -330,3 +345,46 @@ def test_partition_backfill_through_the_ui(dagster_dev: Dagster, database_url: s
     for text in dagster_dev.responses:
         assert SECRET not in text
     assert SECRET not in dagster_dev.log.read_text(errors="replace")
+
+
+def test_a_long_backfill_from_the_ui_runs_in_several_runs(
+    tmp_path: Path, secret_url: str, database_url: str
+) -> None:
+    """BACKFILL_MAX_PARTITIONS_PER_RUN=30: a 90-day backfill launched as the UI launches it
+    becomes three runs, which the daemon runs within the ledger_pg pool; every run is green and
+    every entry posted exactly once."""
+    days = [(date(2024, 1, 1) + timedelta(days=i)).isoformat() for i in range(90)]
+    with running_dagster_dev(
+        tmp_path, secret_url, days=90, entries=900, BACKFILL_MAX_PARTITIONS_PER_RUN="30"
+    ) as dagster:
+        launched = dagster.gql(
+            LAUNCH,
+            {
+                "params": {
+                    "partitionNames": days,
+                    "assetSelection": [{"path": [key]} for key in STAGES],
+                    "fromFailure": False,
+                }
+            },
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+
+        def finished():
+            backfill = dagster.gql(BACKFILL, {"id": launched["backfillId"]})
+            found = backfill["partitionBackfillOrError"]
+            return found if found["status"] not in {"REQUESTED", "CANCELING"} else None
+
+        backfill = dagster.wait_for("the backfill", finished, timeout=900, every=3)
+        assert backfill["status"] in {"COMPLETED_SUCCESS", "COMPLETED"}, backfill
+        statuses = [r["status"] for r in backfill["runs"]]
+        assert statuses == ["SUCCESS"] * 3, statuses
+        posted = dagster.gql(MATERIALIZATIONS_ALL, {"key": {"path": ["posted_batches"]}})
+        partitions = [m["partition"] for m in posted["assetOrError"]["assetMaterializations"]]
+        assert sorted(partitions) == days
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 900
+        runs = conn.execute(
+            "SELECT count(DISTINCT run_id) FROM ledger_backfill_checkpoints"
+        ).fetchone()[0]
+        assert runs == 3
+        assert_ledger_invariants(conn)

@@ -9,7 +9,7 @@ from ledger_backfill_dagster.defs.backfill.common import (
     source_failure,
     stage,
 )
-from ledger_backfill_dagster.defs.partitions import daily_partitions
+from ledger_backfill_dagster.defs.partitions import backfill_policy, daily_partitions
 from ledger_backfill_dagster.ledger.rejects import replace_rejects
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 from ledger_backfill_dagster.resources.settings import SourceSettings
@@ -17,7 +17,7 @@ from ledger_backfill_dagster.resources.settings import SourceSettings
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=backfill_policy(),
     group_name=GROUP,
     kinds={"python", "parquet"},
 )

@@ -21,7 +21,7 @@ from ledger_backfill_dagster.defs.backfill.common import (
     stage,
 )
 from ledger_backfill_dagster.defs.backfill.validate import validated_entries
-from ledger_backfill_dagster.defs.partitions import daily_partitions
+from ledger_backfill_dagster.defs.partitions import backfill_policy, daily_partitions
 from ledger_backfill_dagster.ledger import load_mode
 from ledger_backfill_dagster.ledger.balance_check import BalanceVerifier
 from ledger_backfill_dagster.ledger.errors import BalanceDriftError, PausedError, PostingError
@@ -87,7 +87,7 @@ class _Progress:
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=backfill_policy(),
     group_name=GROUP,
     kinds={"postgres"},
     deps=[validated_entries],

@@ -4,7 +4,7 @@ import dagster as dg
 
 from ledger_backfill_dagster.defs.backfill.common import GROUP, partition_table, rows_table, stage
 from ledger_backfill_dagster.defs.backfill.post import posted_batches
-from ledger_backfill_dagster.defs.partitions import daily_partitions
+from ledger_backfill_dagster.defs.partitions import backfill_policy, daily_partitions
 from ledger_backfill_dagster.ledger.load_mode import loads_of_run
 from ledger_backfill_dagster.ledger.reconcile import (
     CURRENCY_TOTAL_COLUMNS,
@@ -18,7 +18,7 @@ from ledger_backfill_dagster.resources.settings import MonitoringSettings, Sourc
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=backfill_policy(),
     group_name=GROUP,
     kinds={"postgres", "markdown"},
     deps=[posted_batches],

@@ -5,7 +5,7 @@ import pyarrow as pa
 
 from ledger_backfill_dagster.defs.backfill.common import GROUP, source_failure, stage
 from ledger_backfill_dagster.defs.backfill.extract import extracted_source
-from ledger_backfill_dagster.defs.partitions import daily_partitions
+from ledger_backfill_dagster.defs.partitions import backfill_policy, daily_partitions
 from ledger_backfill_dagster.entries.transform import TransformRules, transform
 from ledger_backfill_dagster.ledger.accounts import (
     AccountsFileError,
@@ -32,7 +32,7 @@ GROUP_ROWS = 50_000
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=backfill_policy(),
     group_name=GROUP,
     kinds={"pandas", "parquet"},
     deps=[extracted_source],

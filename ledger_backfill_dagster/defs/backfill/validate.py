@@ -20,7 +20,7 @@ from ledger_backfill_dagster.defs.backfill.common import (
     stage,
 )
 from ledger_backfill_dagster.defs.backfill.transform import GROUP_ROWS, transformed_entries
-from ledger_backfill_dagster.defs.partitions import daily_partitions
+from ledger_backfill_dagster.defs.partitions import backfill_policy, daily_partitions
 from ledger_backfill_dagster.entries.contract import LedgerEntrySource
 from ledger_backfill_dagster.entries.validation import POSTABLE_COLUMNS, ContractError, split
 from ledger_backfill_dagster.ledger.rejects import (
@@ -64,7 +64,7 @@ class _Totals:
 
 @dg.asset(
     partitions_def=daily_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
+    backfill_policy=backfill_policy(),
     group_name=GROUP,
     kinds={"pandera", "parquet"},
     deps=[transformed_entries],
