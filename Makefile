@@ -59,6 +59,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
+	$(BIN)/dg check defs
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -114,6 +114,9 @@ def backfill_env(
         "SOURCE_TIMEZONE",
         "REPORTS_DIR",
         "LOAD_MODE",
+        "MAX_REJECT_RATIO",
+        "REJECT_GUARD_MIN_ROWS",
+        "BACKFILL_MAX_PARTITIONS_PER_RUN",
     ):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():

@@ -9,12 +9,16 @@ import json
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from ledger_backfill_dagster import cli
-from ledger_backfill_dagster_tests.support.cli import REPO, run
+from ledger_backfill_dagster.sources.generate import generate
+from ledger_backfill_dagster_tests.support.cli import REPO, dagster_home, run
+from ledger_backfill_dagster_tests.support.helpers import assert_ledger_invariants
 
 LEDGER_BACKFILL = Path(sys.executable).with_name("ledger-backfill")
 PASSWORD = "Zq7-unreachable-pw"
@@ -113,3 +117,31 @@ def test_loading_the_definitions_prints_no_warning() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "BetaWarning" not in done.stderr and "PreviewWarning" not in done.stderr
+
+
+def test_dg_check_defs_and_dg_launch_of_a_range(
+    tmp_path: Path, backfill_env: dict[str, str], database_url: str
+) -> None:
+    """Dagster 1.13's `dg` loads the same code location: `dg check defs` passes and `dg launch`
+    backfills a partition range as `dagster asset materialize` does."""
+    data = generate(tmp_path / "data", entries=400, days=2, accounts=10, start=date(2024, 1, 1))
+    dg = Path(sys.executable).with_name("dg")
+    env = {
+        **_env(),
+        **backfill_env,
+        "DAGSTER_HOME": str(dagster_home(tmp_path)),
+        "BACKFILL_SOURCE_FILE": str(data.entries_file),
+        "ACCOUNTS_FILE": str(data.accounts_file),
+    }
+    done = run([str(dg), "check", "defs"], env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All definitions loaded successfully" in done.stdout + done.stderr
+    done = run(
+        [str(dg), "launch", "--assets", "*", "--partition-range", "2024-01-01...2024-01-02"],
+        env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 400
+        assert_ledger_invariants(conn)
