@@ -26,7 +26,7 @@ from ledger_backfill_dagster.defs.dual_ledger.sync import DUAL_LEDGER_CHECKS, DU
 from ledger_backfill_dagster.defs.execution.executor import ledger_in_process_executor
 from ledger_backfill_dagster.defs.maintenance.jobs import MAINTENANCE_JOBS
 from ledger_backfill_dagster.defs.operations.alerts import build_alert_sensor
-from ledger_backfill_dagster.defs.operations.schedules import SCHEDULES
+from ledger_backfill_dagster.defs.operations.schedules import build_schedules
 from ledger_backfill_dagster.defs.operations.sensors import build_stalled_backfill_sensor
 from ledger_backfill_dagster.defs.operations.status import backfill_status, no_stalled_backfills
 from ledger_backfill_dagster.lib.redaction import check_secret_settings
@@ -101,7 +101,7 @@ def build_definitions(
         ],
         asset_checks=[no_stalled_backfills, *LEDGER_CHECKS, *GUARD_CHECKS, *DUAL_LEDGER_CHECKS],
         jobs=[ledger_backfill_job, *MAINTENANCE_JOBS, *DUAL_LEDGER_JOBS, *jobs],
-        schedules=SCHEDULES,  # all STOPPED by default
+        schedules=build_schedules(),  # all STOPPED by default; cron and zone from the env
         # Its interval is part of its definition: monitoring's, as the code location loads.
         sensors=[
             build_stalled_backfill_sensor(monitoring.stall_sensor_interval_seconds),

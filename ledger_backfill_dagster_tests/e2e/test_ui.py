@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -92,13 +92,16 @@ def dagster_dev(tmp_path: Path, secret_url: str) -> Iterator[Dagster]:
 
 @contextlib.contextmanager
 def running_dagster_dev(
-    tmp_path: Path, secret_url: str, days: int, entries: int, **settings: str
+    tmp_path: Path,
+    secret_url: str,
+    days: int,
+    entries: int,
+    start: date = date(2024, 1, 1),
+    **settings: str,
 ) -> Iterator[Dagster]:
     """The real `dagster dev` (webserver + daemon) on this test's database and a generated
-    source of `entries` over `days` days from 2024-01-01, with further `settings`."""
-    data = generate(
-        tmp_path / "data", entries=entries, days=days, accounts=20, start=date(2024, 1, 1)
-    )
+    source of `entries` over `days` days from `start`, with further `settings`."""
+    data = generate(tmp_path / "data", entries=entries, days=days, accounts=20, start=start)
     home = dagster_home(tmp_path)
     port = free_port()
     env = {
@@ -387,4 +390,71 @@ def test_a_long_backfill_from_the_ui_runs_in_several_runs(
             "SELECT count(DISTINCT run_id) FROM ledger_backfill_checkpoints"
         ).fetchone()[0]
         assert runs == 3
+        assert_ledger_invariants(conn)
+
+
+START_SCHEDULE = """
+mutation($selector: ScheduleSelector!) {
+  startSchedule(scheduleSelector: $selector) {
+    __typename
+    ... on PythonError { message }
+  }
+}"""
+SCHEDULE_TICKS = """
+query($selector: ScheduleSelector!) {
+  scheduleOrError(scheduleSelector: $selector) {
+    ... on Schedule { scheduleState { ticks(limit: 10) { status runIds timestamp } } }
+  }
+}"""
+RUNS = """
+query($tag: String!) {
+  runsOrError(filter: {tags: [{key: "ledger_backfill/trigger", value: $tag}]}) {
+    ... on Runs { results { runId status tags { key value } } }
+  }
+}"""
+
+
+def test_the_daily_schedule_backfills_the_closed_day_once(
+    tmp_path: Path, secret_url: str, database_url: str
+) -> None:
+    """daily_backfill_schedule through the real daemon, ticking every minute: the first tick
+    backfills the UTC day closed before it from a real CSV; the next tick launches nothing."""
+    closed = (datetime.now(UTC) - timedelta(days=1)).date()
+    with running_dagster_dev(
+        tmp_path,
+        secret_url,
+        days=1,
+        entries=120,
+        start=closed,
+        BACKFILL_SCHEDULE_CRON="* * * * *",
+    ) as dagster:
+        selector = {
+            "repositoryLocationName": "ledger_backfill_dagster.definitions",
+            "repositoryName": "__repository__",
+            "scheduleName": "daily_backfill_schedule",
+        }
+        started = dagster.gql(START_SCHEDULE, {"selector": selector})["startSchedule"]
+        assert started["__typename"] == "ScheduleStateResult", started
+
+        def two_ticks():
+            found = dagster.gql(SCHEDULE_TICKS, {"selector": selector})["scheduleOrError"]
+            ticks = found["scheduleState"]["ticks"]
+            done = [t for t in ticks if t["status"] in {"SUCCESS", "SKIPPED", "FAILURE"}]
+            return ticks if len(done) >= 2 else None
+
+        ticks = dagster.wait_for("two schedule ticks", two_ticks, timeout=300, every=5)
+        assert all(t["status"] != "FAILURE" for t in ticks), ticks
+        launched = [run_id for t in ticks for run_id in t["runIds"]]
+        assert len(launched) == 1, ticks  # the second tick found the day already requested
+
+        def run_done():
+            runs = dagster.gql(RUNS, {"tag": "daily_backfill_schedule"})["runsOrError"]["results"]
+            return runs if runs and runs[0]["status"] in {"SUCCESS", "FAILURE"} else None
+
+        (run,) = dagster.wait_for("the scheduled run", run_done, timeout=300, every=3)
+        assert run["status"] == "SUCCESS"
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        assert tags["dagster/partition"] == closed.isoformat()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 120
         assert_ledger_invariants(conn)
