@@ -26,6 +26,7 @@ from ledger_backfill_dagster.defs.dual_ledger.sync import DUAL_LEDGER_CHECKS, DU
 from ledger_backfill_dagster.defs.execution.executor import ledger_in_process_executor
 from ledger_backfill_dagster.defs.maintenance.jobs import MAINTENANCE_JOBS
 from ledger_backfill_dagster.defs.operations.alerts import build_alert_sensor
+from ledger_backfill_dagster.defs.operations.catch_up import build_catch_up_sensor
 from ledger_backfill_dagster.defs.operations.schedules import build_schedules
 from ledger_backfill_dagster.defs.operations.sensors import build_stalled_backfill_sensor
 from ledger_backfill_dagster.defs.operations.status import backfill_status, no_stalled_backfills
@@ -106,6 +107,7 @@ def build_definitions(
         sensors=[
             build_stalled_backfill_sensor(monitoring.stall_sensor_interval_seconds),
             build_alert_sensor(monitoring.stall_sensor_interval_seconds),
+            build_catch_up_sensor(),
         ],
         resources=built,
         # Stages of one run run in order in one process: no per-step process start-up, and

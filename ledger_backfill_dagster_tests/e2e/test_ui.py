@@ -119,8 +119,8 @@ def running_dagster_dev(
         BATCH_SIZE="250",
         STALL_SENSOR_INTERVAL_SECONDS="3",
         PYTHONUNBUFFERED="1",
-        **settings,
     )
+    env.update(settings)
     log = tmp_path / "dagster_dev.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -457,4 +457,79 @@ def test_the_daily_schedule_backfills_the_closed_day_once(
         assert tags["dagster/partition"] == closed.isoformat()
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 120
+        assert_ledger_invariants(conn)
+
+
+START_SENSOR = """
+mutation($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename
+    ... on PythonError { message }
+  }
+}"""
+SENSOR_TICKS = """
+query($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    ... on Sensor { sensorState { ticks(limit: 20) { status skipReason timestamp } } }
+  }
+}"""
+BACKFILLS = """
+query {
+  partitionBackfillsOrError(limit: 20) {
+    ... on PartitionBackfills {
+      results { id status tags { key value } numPartitions runs(limit: 20) { status } }
+    }
+  }
+}"""
+
+
+def test_the_catch_up_requests_missing_days_as_one_backfill_once(
+    tmp_path: Path, secret_url: str, database_url: str
+) -> None:
+    """catch_up_sensor through the real daemon: the closed days never posted are requested as
+    one backfill; once they are posted, later ticks request nothing."""
+    first = (datetime.now(UTC) - timedelta(days=3)).date()
+    with running_dagster_dev(
+        tmp_path,
+        secret_url,
+        days=3,
+        entries=150,
+        start=first,
+        BACKFILL_START_DATE=first.isoformat(),
+        CATCH_UP_SENSOR_INTERVAL_SECONDS="5",
+    ) as dagster:
+        selector = {
+            "repositoryLocationName": "ledger_backfill_dagster.definitions",
+            "repositoryName": "__repository__",
+            "sensorName": "catch_up_sensor",
+        }
+        started = dagster.gql(START_SENSOR, {"selector": selector})["startSensor"]
+        assert started["__typename"] == "Sensor", started
+
+        def catch_ups():
+            results = dagster.gql(BACKFILLS)["partitionBackfillsOrError"]["results"]
+            return [
+                b
+                for b in results
+                if {"key": "ledger_backfill/trigger", "value": "catch_up_sensor"} in b["tags"]
+            ]
+
+        def finished():
+            found = catch_ups()
+            return found if found and found[0]["status"] not in {"REQUESTED", "CANCELING"} else None
+
+        (backfill,) = dagster.wait_for("the catch-up backfill", finished, timeout=300, every=3)
+        assert backfill["status"] in {"COMPLETED_SUCCESS", "COMPLETED"}, backfill
+        assert backfill["numPartitions"] == 3
+        assert {r["status"] for r in backfill["runs"]} == {"SUCCESS"}
+
+        def quiet_ticks():
+            found = dagster.gql(SENSOR_TICKS, {"selector": selector})["sensorOrError"]
+            reasons = [t["skipReason"] or "" for t in found["sensorState"]["ticks"]]
+            return reasons if sum("every closed day is posted" in r for r in reasons) >= 2 else None
+
+        dagster.wait_for("two ticks with nothing to do", quiet_ticks, timeout=120, every=3)
+        assert len(catch_ups()) == 1  # no second backfill
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] == 150
         assert_ledger_invariants(conn)
