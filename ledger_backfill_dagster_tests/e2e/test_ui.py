@@ -393,6 +393,11 @@ def test_a_long_backfill_from_the_ui_runs_in_several_runs(
         assert_ledger_invariants(conn)
 
 
+# The code location `dagster dev -m ledger_backfill_dagster.definitions` serves.
+CODE_LOCATION_SELECTOR = {
+    "repositoryLocationName": "ledger_backfill_dagster.definitions",
+    "repositoryName": "__repository__",
+}
 START_SCHEDULE = """
 mutation($selector: ScheduleSelector!) {
   startSchedule(scheduleSelector: $selector) {
@@ -428,11 +433,7 @@ def test_the_daily_schedule_backfills_the_closed_day_once(
         start=closed,
         BACKFILL_SCHEDULE_CRON="* * * * *",
     ) as dagster:
-        selector = {
-            "repositoryLocationName": "ledger_backfill_dagster.definitions",
-            "repositoryName": "__repository__",
-            "scheduleName": "daily_backfill_schedule",
-        }
+        selector = {**CODE_LOCATION_SELECTOR, "scheduleName": "daily_backfill_schedule"}
         started = dagster.gql(START_SCHEDULE, {"selector": selector})["startSchedule"]
         assert started["__typename"] == "ScheduleStateResult", started
 
@@ -498,11 +499,7 @@ def test_the_catch_up_requests_missing_days_as_one_backfill_once(
         BACKFILL_START_DATE=first.isoformat(),
         CATCH_UP_SENSOR_INTERVAL_SECONDS="5",
     ) as dagster:
-        selector = {
-            "repositoryLocationName": "ledger_backfill_dagster.definitions",
-            "repositoryName": "__repository__",
-            "sensorName": "catch_up_sensor",
-        }
+        selector = {**CODE_LOCATION_SELECTOR, "sensorName": "catch_up_sensor"}
         started = dagster.gql(START_SENSOR, {"selector": selector})["startSensor"]
         assert started["__typename"] == "Sensor", started
 

@@ -32,6 +32,7 @@ from dagster._core.storage.asset_check_execution_record import (
 )
 from dagster._utils.error import SerializableErrorInfo
 
+from ledger_backfill_dagster.defs.operations.schedules import ENDED_BADLY
 from ledger_backfill_dagster.defs.operations.status import STALL_CHECK
 from ledger_backfill_dagster.ledger.health import LedgerHealth, read_health
 from ledger_backfill_dagster.ledger.status import schema_missing
@@ -40,7 +41,6 @@ from ledger_backfill_dagster.resources.alerts import AlertDeliveryError, AlertHo
 from ledger_backfill_dagster.resources.ledger_database import LedgerDatabase
 
 SENSOR_NAME = "ledger_alert_sensor"
-ENDED_BADLY = [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 MAX_NAMED = 20  # partitions or errors named in one message; the rest are counted
 MAX_TEXT = 400  # characters of one error message quoted
 REMEMBERED_RUNS = 1_000  # run ids kept to never announce a run twice
@@ -132,7 +132,7 @@ def _run_alerts(context: dg.SensorEvaluationContext, cursor: AlertCursor) -> lis
     instance = context.instance
     records = instance.get_run_records(
         filters=dg.RunsFilter(
-            statuses=ENDED_BADLY,
+            statuses=sorted(ENDED_BADLY, key=lambda status: status.value),
             updated_after=datetime.fromtimestamp(cursor.runs_after, UTC),
         ),
         order_by="update_timestamp",

@@ -21,28 +21,22 @@ from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.execution.backfill import BulkActionStatus
 from dagster._core.storage.partition_status_cache import AssetPartitionStatus
 
+from ledger_backfill_dagster.defs.backfill.common import GROUP
+from ledger_backfill_dagster.defs.backfill.post import posted_batches
+from ledger_backfill_dagster.defs.operations.schedules import TRIGGER_TAG
 from ledger_backfill_dagster.defs.partitions import daily_partitions
 from ledger_backfill_dagster.lib.env import env_int
 
 SENSOR_NAME = "catch_up_sensor"
-TRIGGER_TAG = "ledger_backfill/trigger"
-STAGES = [
-    "extracted_source",
-    "transformed_entries",
-    "validated_entries",
-    "posted_batches",
-    "reconciliation_report",
-]
+# The five stages, selected as ledger_backfill_job selects them.
+STAGES = dg.AssetSelection.groups(GROUP)
 RUNNING = {BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING, BulkActionStatus.FAILING}
 
 
 def _days_to_catch_up(instance: dg.DagsterInstance, now: datetime) -> list[str]:
     today = now.date().isoformat()
     closed = [k for k in daily_partitions.get_partition_keys(current_time=now) if k < today]
-    status = (
-        instance.get_status_by_partition(dg.AssetKey("posted_batches"), closed, daily_partitions)
-        or {}
-    )
+    status = instance.get_status_by_partition(posted_batches.key, closed, daily_partitions) or {}
     return [k for k in closed if status.get(k) in (None, AssetPartitionStatus.FAILED)]
 
 
@@ -61,9 +55,10 @@ def catch_up_tick(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.Ski
             f"exactly them ({days[0]}..{days[-1]}): nothing new; look at their failed runs"
         )
     assert context.repository_def is not None
+    asset_graph = context.repository_def.asset_graph
     subset = AssetGraphSubset.from_asset_partition_set(
-        {AssetKeyPartitionKey(dg.AssetKey(stage), day) for stage in STAGES for day in days},
-        context.repository_def.asset_graph,
+        {AssetKeyPartitionKey(key, day) for key in STAGES.resolve(asset_graph) for day in days},
+        asset_graph,
     )
     context.update_cursor(digest)
     context.log.info(f"catch-up: {len(days)} day(s) requested, {days[0]}..{days[-1]}")
@@ -76,7 +71,7 @@ def build_catch_up_sensor() -> dg.SensorDefinition:
         name=SENSOR_NAME,
         minimum_interval_seconds=interval,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        asset_selection=dg.AssetSelection.assets(*STAGES),  # what its backfills may target
+        asset_selection=STAGES,  # what its backfills may target
         description=(
             "Requests every closed day whose posting is missing or failed, for all five stages, "
             "as one backfill; nothing while its previous backfill runs, nothing if the same days "

@@ -29,8 +29,11 @@ from ledger_backfill_dagster.lib.errors import SettingsError
 from ledger_backfill_dagster.resources.settings import SourceSettings
 
 DEFAULT_CRON, DEFAULT_ZONE = "30 1 * * *", "UTC"
+# What launched a run or backfill (schedules here, catch_up_sensor), as a run tag.
 TRIGGER_TAG, PARTITION_TAG = "ledger_backfill/trigger", "dagster/partition"
-ENDED_BADLY = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+# Runs that ended without doing their work: a schedule may request their day again, and the
+# alert sensor announces them.
+ENDED_BADLY = frozenset({dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED})
 
 
 def yesterday(context: dg.ScheduleEvaluationContext) -> str:
@@ -60,7 +63,7 @@ def scb_daily_sync_schedule(
     return dg.RunRequest(
         run_key=f"scb-daily-sync-{key}",
         partition_key=key,
-        tags={"ledger_backfill/trigger": "scb_daily_sync_schedule"},
+        tags={TRIGGER_TAG: "scb_daily_sync_schedule"},
     )
 
 
